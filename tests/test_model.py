@@ -1,0 +1,183 @@
+"""TIGER assembled with tiny real experts: frozen parts, routing outputs, counterfactual objective."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tiger.build import build_tiger
+from tiger.losses import TigerLoss, causal_importance, jensen_shannon
+
+TASKS = ["semseg", "depth", "normals", "edge"]
+EXPERTS = {"clip": {"name": "clip_tiny"}, "dinov2": {"name": "dinov2_tiny"}, "sam": {"name": "sam_tiny"}}
+SIZE = (40, 48)
+
+
+def tiny_tiger(**options):
+    torch.manual_seed(0)
+    settings = dict(dim=32, rank=4, hyper_hidden=16, query_width=16, num_heads=4, decoder_width=32)
+    settings.update(options)
+    return build_tiger(
+        EXPERTS, TASKS, grid=(3, 4), num_semseg_classes=5, instructions={"encoder": None}, **settings
+    )
+
+
+def targets(batch=2):
+    g = torch.Generator().manual_seed(1)
+    h, w = SIZE
+    normals = torch.nn.functional.normalize(torch.randn(batch, 3, h, w, generator=g), dim=1)
+    semseg = torch.randint(0, 5, (batch, h, w), generator=g)
+    semseg[:, :14] = 255  # the first token row (adaptive pooling cell: pixel rows 0-13)
+    return {
+        "semseg": semseg,
+        "depth": torch.rand(batch, 1, h, w, generator=g) * 5 + 0.5,
+        "normals": normals,
+        "edge": (torch.rand(batch, h, w, generator=g) > 0.8).float(),
+    }
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_tiger()
+
+
+def test_outputs_and_routing_weights(model):
+    images = torch.rand(2, 3, *SIZE)
+    output = model(images)
+    assert {k: tuple(v.shape) for k, v in output.predictions.items()} == {
+        "semseg": (2, 5, *SIZE),
+        "depth": (2, 1, *SIZE),
+        "normals": (2, 3, *SIZE),
+        "edge": (2, 1, *SIZE),
+    }
+    assert output.alpha.shape == (2, 4, 3, 12)
+    torch.testing.assert_close(output.alpha.sum(2), torch.ones(2, 4, 12))
+    assert model.expert_names == ["clip_tiny", "dinov2_tiny", "sam_tiny"]
+
+
+def test_trainable_parameters_exclude_every_expert_weight(model):
+    expert_params = {id(p) for p in model.experts.parameters()}
+    assert expert_params, "the experts have weights"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and not any(id(p) in expert_params for p in trainable)
+    assert not any(key.startswith("experts.") for key in model.trainable_state_dict())
+    model.train()
+    assert all(not expert.training for expert in model.experts)
+
+
+def test_counterfactual_gradient_reaches_the_router_and_never_the_experts(model):
+    model.zero_grad()
+    output = model(torch.rand(2, 3, *SIZE))
+    loss = TigerLoss(model.tasks, lambda_cf=1.0).counterfactual(model, output, targets())
+    assert loss.item() > 0
+    loss.backward()
+    assert model.hyper.w0.grad is not None and model.hyper.w0.grad.abs().sum() > 0
+    assert model.query_encoder.stem[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.experts.parameters())
+    # L_cf is a function of alpha only: nothing downstream of routing gets a gradient from it
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.heads.parameters())
+
+
+def test_counterfactual_loss_is_zero_when_alpha_equals_p(model):
+    criterion = TigerLoss(model.tasks, lambda_cf=1.0, tau=0.5)
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, *SIZE))
+        delta, valid = criterion.counterfactual_delta(model, output, targets())
+        p = causal_importance(delta, tau=0.5)
+    output.alpha = p
+    assert criterion.counterfactual(model, output, targets()).item() == pytest.approx(0.0, abs=1e-6)
+    assert valid[:, 0, 0].logical_not().all()  # no semseg label in the first token row
+
+
+def test_expert_whose_removal_hurts_most_gets_most_mass(model):
+    # silence expert 1 (its projected tokens are zero) and fit the depth target to the full prediction:
+    # removing expert 1 changes nothing, removing the others can only increase the depth loss.
+    tiny = tiny_tiger()
+    torch.nn.init.zeros_(tiny.projections[1].norm.weight)
+    torch.nn.init.zeros_(tiny.projections[1].norm.bias)
+    tiny.expert_interaction = None
+    torch.nn.init.constant_(tiny.heads.heads["depth"][-1].bias, 10.0)  # positive depth everywhere
+    with torch.no_grad():
+        output = tiny(torch.rand(1, 3, *SIZE))
+    batch = targets(1)
+    batch["depth"] = output.predictions["depth"].clone()
+    assert (batch["depth"] > 0).all()
+    criterion = TigerLoss(tiny.tasks, lambda_cf=1.0)
+    delta = criterion.counterfactual_delta(tiny, output, batch)[0][:, 1]  # the depth task
+    assert delta[:, 1].abs().max() < 1e-5  # float noise of the batched pass only
+    assert (delta[:, [0, 2]] > -1e-5).all() and delta[:, [0, 2]].sum() > 0.1
+    p = causal_importance(delta, tau=1.0, dim=1)
+    decisive = delta.max(1).values > delta.min(1).values + 1e-3  # tokens where the experts' effects differ
+    torch.testing.assert_close(p.argmax(1)[decisive], delta.argmax(1)[decisive])
+    assert decisive.any() and (p[:, 1] <= p.max(1).values).all()
+
+
+def test_counterfactual_batched_pass_equals_one_pass_per_expert(model):
+    criterion = TigerLoss(model.tasks, lambda_cf=1.0)
+    batch = targets()
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, *SIZE))
+        delta, _ = criterion.counterfactual_delta(model, output, batch)
+        state = output.state
+        for k in range(3):
+            removed = state.fused - state.alpha[:, :, k, :, None] * state.tokens[:, None, k]
+            logits = model.decode(removed, state.grid, SIZE)
+            from tiger.losses import pixel_loss, pool_to_grid
+
+            task = model.tasks[1]
+            loss, weight = pixel_loss(task, logits["depth"], batch["depth"])
+            full, _ = pixel_loss(task, output.predictions["depth"], batch["depth"])
+            pooled, _ = pool_to_grid((loss - full) * weight, weight, state.grid)
+            torch.testing.assert_close(delta[:, 1, k], pooled.flatten(1), atol=1e-5, rtol=1e-4)
+
+
+def test_total_loss_is_eq_14(model):
+    weights = {"semseg": 1.0, "depth": 2.0, "normals": 10.0, "edge": 50.0}
+    tasks = [replace(task, weight=weights[task.name]) for task in model.tasks]
+    criterion = TigerLoss(tasks, lambda_cf=0.5)
+    output = model(torch.rand(2, 3, *SIZE))
+    terms = criterion(model, output, targets())
+    expected = sum(weights[name] * terms[name] for name in weights) + 0.5 * terms["cf"]
+    torch.testing.assert_close(terms["loss"], expected)
+    assert "cf" not in TigerLoss(tasks, lambda_cf=0.0)(model, output, targets())
+    with pytest.raises(ValueError, match="the model's tasks"):
+        TigerLoss(tasks[:2], lambda_cf=0.5)(model, output, targets())
+
+
+def test_ablation_switches(model):
+    plain = tiny_tiger(expert_interaction=False, task_interaction=False)
+    assert plain.expert_interaction is None and plain.task_interaction is None
+    assert plain(torch.rand(1, 3, *SIZE)).alpha.shape == (1, 4, 3, 12)
+    assert not plain.task_representation.uses_instructions
+
+
+def test_bad_input_is_a_clear_error(model):
+    with pytest.raises(ValueError, match=r"RGB images of shape \(B, 3, H, W\)"):
+        model(torch.rand(2, 1, *SIZE))
+    with pytest.raises(ValueError, match=r"RGB images"):
+        model(torch.rand(3, *SIZE))
+    with pytest.raises(ValueError, match="unknown task"):
+        build_tiger(EXPERTS, ["depth", "flow"], grid=(2, 2), instructions={"encoder": None})
+    with pytest.raises(ValueError, match="clip_tiny"):
+        build_tiger({"x": {"name": "no_such_expert"}}, ["depth"], grid=(2, 2), instructions={"encoder": None})
+
+
+def test_checkpoint_state_round_trip_and_mismatch(model):
+    state = model.trainable_state_dict()
+    other = tiny_tiger()
+    other.load_trainable_state_dict(state)
+    torch.testing.assert_close(other.hyper.w0, model.hyper.w0)
+    wider = tiny_tiger(decoder_width=64)
+    with pytest.raises(ValueError, match="shape differs"):
+        wider.load_trainable_state_dict(state)
+    fewer = {k: v for k, v in state.items() if not k.startswith("heads.heads.edge")}
+    with pytest.raises(ValueError, match="missing from the checkpoint: heads.heads.edge"):
+        other.load_trainable_state_dict(fewer)
+
+
+def test_jsd_reference_value():
+    p = torch.tensor([0.5, 0.5])
+    q = torch.tensor([0.9, 0.1])
+    m = (p + q) / 2
+    expected = 0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum()
+    torch.testing.assert_close(jensen_shannon(p, q, dim=0), expected)

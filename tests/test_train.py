@@ -1,0 +1,255 @@
+"""Hydra configs and the training entry point: composition, end-to-end runs, resume, multirun, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from tiger.build import plain_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TINY = {
+    "clip_b16": "clip_tiny",
+    "clip_l14": "clip_tiny",
+    "dinov2_b14": "dinov2_tiny",
+    "dinov2_l14": "dinov2_tiny",
+}
+TINY |= {"sam_b": "sam_tiny", "owlv2_l14": "owlv2_tiny"}
+FAST = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "data.datamodule.synthetic.num_train=16",
+    "data.datamodule.synthetic.num_val=8",
+    "data.datamodule.eval_batch_size=4",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+]
+
+
+def run_train(*overrides: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "tiger.train", *overrides]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("experiment", experiment_names())
+def test_every_experiment_composes_and_instantiates(experiment, monkeypatch, tmp_path):
+    monkeypatch.setenv("TIGER_DATA", str(tmp_path))  # the data module only resolves the root here
+    cfg = compose_config(f"experiment={experiment}")
+    assert cfg.experts and cfg.data.tasks and cfg.trainer.max_steps > 0
+    sweep = cfg.hydra.sweeper.get("params") or {}
+    variants = [[]] + [[f"{group}={value}"] for group, values in sweep.items() for value in values.split(",")]
+    for variant in variants[:: max(1, len(variants) - 1)]:  # the base config and the last sweep value
+        cfg = compose_config(f"experiment={experiment}", *variant)
+        net = plain_config(cfg.model.net)
+        # tiny stand-ins for the pretrained experts, a small grid, and the real model options
+        net["experts"] = {role: {"name": TINY[spec["name"]]} for role, spec in net["experts"].items()}
+        net["grid"] = [2, 3]
+        module_cfg = {**plain_config(cfg.model), "net": net, "dataset": "synthetic"}
+        module = instantiate(module_cfg, _convert_="all")
+        assert module.net.task_names == list(cfg.data.tasks)
+        assert module.net.grid == (2, 3)
+        lambda_cf = module.criterion.lambda_cf
+        assert lambda_cf == cfg.model.loss.lambda_cf
+        trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, precision="32-true", logger=False)
+        assert trainer.max_steps == cfg.trainer.max_steps
+        datamodule = instantiate(cfg.data.datamodule, _convert_="all")
+        assert datamodule.num_semseg_classes == cfg.data.num_semseg_classes
+
+
+def test_ablation_rows_switch_the_components():
+    rows = {}
+    for ablation in ("t3_1_routing", "t3_2_instructions", "t3_4_task_interaction", "t3_5_counterfactual"):
+        cfg = compose_config("experiment=nyud_table3", f"ablation={ablation}")
+        net, loss = cfg.model.net, cfg.model.loss
+        rows[ablation] = (
+            net.instructions.encoder,
+            net.expert_interaction,
+            net.task_interaction,
+            loss.lambda_cf,
+        )
+    assert rows["t3_1_routing"] == (None, False, False, 0.0)
+    assert rows["t3_2_instructions"][0] == "all-MiniLM-L6-v2"
+    assert rows["t3_4_task_interaction"] == ("all-MiniLM-L6-v2", True, True, 0.0)
+    assert rows["t3_5_counterfactual"][3] > 0
+    assert compose_config("experiment=nyud_vfm_baselines", "experts=dinov2_l14").experts.keys() == {"dinov2"}
+
+
+def test_unknown_config_key_or_value_fails_with_hydras_message(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for override, message in (
+        ("model.net.no_such_key=1", "no_such_key"),
+        ("experiment=nyud_tiger_x", "nyud_tiger_x"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "tiger.train", override],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode != 0 and message in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("run")
+    run_dir = base / "out"
+    result = run_train(*FAST, f"hydra.run.dir={run_dir}", cwd=base)
+    assert "Checkpoint:" in result.stdout and "Routing figure:" in result.stdout
+    return run_dir
+
+
+def test_end_to_end_training_writes_results_checkpoint_and_figure(trained_run):
+    results = json.loads((trained_run / "results.json").read_text())
+    assert set(results["metrics"]) == {"semseg", "depth", "normals", "edge", "sal", "human_parts"}
+    assert 0 <= results["metrics"]["semseg"]["mIoU"] <= 100
+    assert Path(results["routing_figure"]).is_file()
+    checkpoint = torch.load(results["checkpoint"], weights_only=True, map_location="cpu")
+    assert checkpoint["tiger"]["tasks"] == ["semseg", "depth", "normals", "edge", "sal", "human_parts"]
+    assert [e["name"] for e in checkpoint["tiger"]["experts"]] == [
+        "clip_tiny",
+        "dinov2_tiny",
+        "sam_tiny",
+        "owlv2_tiny",
+    ]
+    assert not any(".experts." in key for key in checkpoint["state_dict"])
+    assert "net.task_representation.instruction_embeddings" in checkpoint["state_dict"]
+    usage = results["expert_usage"]
+    assert all(sum(row.values()) == pytest.approx(1.0, abs=1e-4) for row in usage.values())
+    metrics_csv = (trained_run / "csv" / "metrics.csv").read_text()
+    assert "train/cf" in metrics_csv and "val/semseg/mIoU" in metrics_csv
+
+
+def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path):
+    from tiger.lightning import check_compatible
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    identity = dict(checkpoint["tiger"])
+    identity["experts"] = identity["experts"][:2]
+    with pytest.raises(ValueError, match="experts: checkpoint .*owlv2_tiny.* vs configured"):
+        check_compatible(checkpoint, identity)
+    identity = {**checkpoint["tiger"], "tasks": ["semseg", "depth"]}
+    with pytest.raises(ValueError, match="tasks: checkpoint"):
+        check_compatible(checkpoint, identity)
+    with pytest.raises(ValueError, match="not a TIGER checkpoint"):
+        check_compatible({"state_dict": {}}, identity)
+    # through the entry point: resume the 6-task run with two tasks
+    result = subprocess.run(
+        [sys.executable, "-m", "tiger.train", *FAST, f"ckpt_path={trained_run}", "data.tasks=[semseg,depth]",
+         f"hydra.run.dir={tmp_path / 'other'}"],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode != 0 and "tasks: checkpoint" in result.stderr
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    first = tmp_path / "first"
+    overrides = [*FAST, "trainer.max_steps=30", "trainer.val_check_interval=1000", "final_report=false"]
+    overrides += [
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "callbacks.model_checkpoint.monitor=null",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "tiger.train", *overrides, f"hydra.run.dir={first}"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    last = first / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 200
+    while time.time() < deadline and process.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 6:
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert 6 <= stopped_at < 30
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+
+    second = tmp_path / "second"
+    run_train(*overrides, f"ckpt_path={first}", f"hydra.run.dir={second}", cwd=tmp_path)
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 30
+    logged = (second / "csv" / "metrics.csv").read_text().splitlines()
+    steps = [int(line.split(",")[header_index(logged[0], "step")]) for line in logged[1:]]
+    assert min(steps) >= stopped_at - 1  # continued from the checkpoint, not from step 0
+    assert before == {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}  # untouched
+
+
+def header_index(header: str, name: str) -> int:
+    return header.split(",").index(name)
+
+
+def test_multirun_gives_each_run_its_own_directory(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_train(
+        "-m",
+        *FAST,
+        "final_report=true",
+        "model.loss.lambda_cf=0.0,0.2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    for run in runs:
+        assert (run / "results.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    gathered = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gather_results.py"), str(sweep), "--json",
+         str(tmp_path / "t.json")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert gathered.returncode == 0, gathered.stderr
+    assert "model.loss.lambda_cf=0.0" in gathered.stdout and "model.loss.lambda_cf=0.2" in gathered.stdout
+    assert set(json.loads((tmp_path / "t.json").read_text())) == {
+        "model.loss.lambda_cf=0.0",
+        "model.loss.lambda_cf=0.2",
+    }
+
+
+def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path):
+    run_dir = tmp_path / "ddp"
+    run_train(*FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+              f"hydra.run.dir={run_dir}",
+              cwd=tmp_path, timeout=400)  # fmt: skip
+    results = json.loads((run_dir / "results.json").read_text())
+    # the same checkpoint validated in one process
+    import lightning as L
+
+    from tiger.data import MultiTaskDataModule
+    from tiger.lightning import TigerModule
+
+    config = compose_config(*FAST)
+    datamodule = instantiate(config.data.datamodule, _convert_="all")
+    module = instantiate(config.model, _convert_="all")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=results["checkpoint"], weights_only=True)
+    assert isinstance(datamodule, MultiTaskDataModule) and isinstance(module, TigerModule)
+    for task, values in module.last_val_results.items():
+        for name, value in values.items():
+            assert results["metrics"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, name)

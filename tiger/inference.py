@@ -1,0 +1,599 @@
+"""Inference on the user's own images from a training checkpoint.
+
+``load_model(checkpoint)`` rebuilds TIGER from the checkpoint alone: the frozen experts from the identities
+stored in it (with their own pretrained weights, or a local copy the user names per role), the task
+instructions from the embeddings kept in its state dict (no text encoder needed), and the trained weights.
+The :class:`Predictor` it returns maps images of any size to predictions in the user's units at each
+image's own size::
+
+    predictor = load_model("outputs/train/runs/<run>/checkpoints/last.ckpt")
+    prediction = predictor.predict([Image.open("photo.jpg")], routing=True)[0]
+    prediction["depth"]          # (H, W) float32 metres
+    prediction.routing.alpha     # (T, M, N) routing weights on prediction.routing.grid
+
+Image size: each image is resized (with anti-aliasing) to its token grid times the largest expert patch
+size, and the heads upsample straight to the original size. An image whose aspect ratio is within
+:data:`ASPECT_TOLERANCE` of the training grid's uses the training grid itself; any other image gets a grid
+with about as many tokens as the training grid but its own aspect ratio (the experts interpolate their
+position embeddings), so a portrait photo is not squashed into a landscape grid. ``keep_aspect=False``
+always uses the training grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import Tensor
+
+from tiger.build import build_tiger, expert_specs
+from tiger.losses import TigerLoss, causal_importance
+from tiger.model import TIGER, TigerOutput
+from tiger.nn import QueryEncoder
+from tiger.tasks import IGNORE_INDEX, Task
+from tiger.viz import colorize, expert_usage, format_usage_table, routing_agreement
+
+SUPPORTED_FORMATS = (1,)  # tiger.lightning.CHECKPOINT_FORMAT values this module can read
+INSTRUCTION_KEY = "net.task_representation.instruction_embeddings"
+ASPECT_TOLERANCE = 1.25  # largest stretch (either way) of an image's aspect ratio onto the training grid
+
+ImageLike = Image.Image | np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The routing weights of one image.
+
+    Attributes:
+        alpha: (T, M, N) float32, alpha_{k,n}(t) (eq. 6), N = grid[0] * grid[1], summing to one over M.
+        grid: the token grid (H, W) the image was routed on.
+        task_names: the T task names; expert_names: the M expert names.
+    """
+
+    alpha: np.ndarray
+    grid: tuple[int, int]
+    task_names: list[str]
+    expert_names: list[str]
+
+
+class Prediction(Mapping[str, np.ndarray]):
+    """The predictions for one image: a read-only mapping {task: array} at the image's own size (H, W).
+
+    semseg / human_parts: class map (H, W) int64; depth: metres (H, W) float32, positive; normals: unit
+    vectors (H, W, 3) float32; sal / edge: probabilities (H, W) float32 in [0, 1].
+
+    Attributes:
+        size: (H, W) of the image.
+        routing: the routing weights, when asked for.
+    """
+
+    def __init__(
+        self, outputs: dict[str, np.ndarray], size: tuple[int, int], routing: Routing | None = None
+    ) -> None:
+        self._outputs = outputs
+        self.size = size
+        self.routing = routing
+
+    def __getitem__(self, task: str) -> np.ndarray:
+        try:
+            return self._outputs[task]
+        except KeyError:
+            raise KeyError(f"no prediction for task {task!r}; this one has {list(self._outputs)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{task}: {array.dtype}{list(array.shape)}" for task, array in self.items())
+        routed = ", routing" if self.routing is not None else ""
+        return f"Prediction(size={self.size}, {shapes}{routed})"
+
+
+@dataclass(frozen=True)
+class RoutingReport:
+    """What :meth:`Predictor.routing_report` measured.
+
+    Attributes:
+        usage: {task: {expert: mean routing weight}} over the images and tokens (rows sum to one).
+        agreement: {task: {"jsd", "top1", "spearman", "tokens"}} of :func:`tiger.viz.routing_agreement`
+            between alpha and the counterfactual causal importance p (eq. 8-10), for the tasks with
+            targets; None without targets.
+    """
+
+    usage: dict[str, dict[str, float]]
+    agreement: dict[str, dict[str, float]] | None = None
+
+    def usage_table(self) -> str:
+        return format_usage_table(self.usage)
+
+    def agreement_table(self) -> str:
+        if self.agreement is None:
+            return "(no targets: no routing/counterfactual agreement)"
+        lines = [f"{'task':<12}  {'JSD':>7}  {'top-1':>7}  {'Spearman':>8}  {'tokens':>7}"]
+        for task, row in self.agreement.items():
+            lines.append(
+                f"{task:<12}  {row['jsd']:>7.4f}  {row['top1']:>7.3f}  {row['spearman']:>8.3f}  "
+                f"{int(row['tokens']):>7d}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        text = "Mean routing weight per task and expert:\n" + self.usage_table()
+        if self.agreement is not None:
+            text += "\n\nRouting vs counterfactual importance:\n" + self.agreement_table()
+        return text
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU (``weights_only``) and check that it is a TIGER checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: ``not a TIGER checkpoint: <path> ...`` when it cannot be read, has no ``tiger`` section
+            or state dict, or has an unknown format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ... on foreign files
+        raise ValueError(
+            f"not a TIGER checkpoint: {path} cannot be read by torch.load(weights_only=True) "
+            f"({_load_failure(error)})"
+        ) from error
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("tiger"), Mapping):
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"not a TIGER checkpoint: {path} has no 'tiger' section (it has {keys}); checkpoints are written "
+            "by `python -m tiger.train`"
+        )
+    saved = checkpoint["tiger"]
+    if saved.get("format") not in SUPPORTED_FORMATS:
+        raise ValueError(
+            f"not a TIGER checkpoint: {path} has tiger format {saved.get('format')!r}; this version reads "
+            f"formats {list(SUPPORTED_FORMATS)}"
+        )
+    for key in ("net", "experts", "tasks"):
+        if key not in saved:
+            raise ValueError(f"not a TIGER checkpoint: {path}: its 'tiger' section lacks {key!r}")
+    if not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ValueError(f"not a TIGER checkpoint: {path} has no 'state_dict'")
+    return dict(checkpoint)
+
+
+def latest_checkpoint(env: str = "TIGER_CHECKPOINT", start: str | Path | None = None) -> Path:
+    """The checkpoint named by the environment variable ``env``, else the newest
+    ``outputs/train/runs/*/checkpoints/last.ckpt`` in ``start`` (default: the working directory) or the
+    nearest parent folder that has ``outputs/train/runs`` (so a notebook in ``notebooks/`` finds the runs
+    of the project root).
+
+    Raises:
+        FileNotFoundError: the variable names a missing file, or no run has a ``last.ckpt``.
+    """
+    named = os.environ.get(env)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"${env} names {path}, which does not exist")
+        return path
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        runs = folder / "outputs" / "train" / "runs"
+        found = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+    raise FileNotFoundError(
+        f"no checkpoint: set ${env} or train one with `python -m tiger.train` (looked for "
+        f"outputs/train/runs/*/checkpoints/last.ckpt in {here} and its parents)"
+    )
+
+
+def _load_failure(error: BaseException, limit: int = 300) -> str:
+    """The informative part of a ``torch.load`` error (not its advice to load unsafely)."""
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, flags=re.DOTALL)
+    reason = (match.group(1) if match else text).strip().splitlines()
+    line = reason[0] if reason else ""
+    line = line if len(line) <= limit else line[:limit] + "..."
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _expert_roles(net: Mapping[str, Any]) -> list[str]:
+    """Role names of the configured experts: the mapping keys, or the expert names for a list."""
+    experts = net["experts"]
+    if isinstance(experts, Mapping):
+        return [str(role) for role in experts]
+    return [str(spec["name"]) for spec in expert_specs(experts)]
+
+
+def load_model(
+    checkpoint: str | Path,
+    *,
+    expert_weights: Mapping[str, str | Path | None] | None = None,
+    device: str | torch.device = "cpu",
+    keep_aspect: bool = True,
+    batch_size: int = 8,
+) -> Predictor:
+    """Rebuild a trained TIGER from a checkpoint of ``python -m tiger.train``.
+
+    Args:
+        checkpoint: a ``.ckpt`` file.
+        expert_weights: per expert role (e.g. ``"sam"``, the keys of the ``experts`` config group), the
+            weights to use instead of the stored ones: a local file or folder, a hub id, or None for a
+            random init. E.g. ``{"sam": "/ckpt/sam_vit_b_01ec64.pth"}``.
+        device: where to run, e.g. ``"cuda"``.
+        keep_aspect: see the module docstring.
+        batch_size: images per forward pass.
+
+    Raises:
+        FileNotFoundError: no such checkpoint file.
+        ValueError: not a TIGER checkpoint; an unknown role in ``expert_weights``; trainable weights that do
+            not fit the stored configuration (naming the keys / shapes).
+        tiger.experts.ExpertWeightsError: an expert's weights cannot be found (offline, missing file).
+    """
+    path = Path(checkpoint)
+    saved_checkpoint = read_checkpoint(path)
+    saved = saved_checkpoint["tiger"]
+    state = saved_checkpoint["state_dict"]
+    net = dict(saved["net"])
+    roles = _expert_roles(net)
+    identities = [dict(identity) for identity in saved["experts"]]
+    if len(identities) != len(roles):
+        raise ValueError(f"{path}: {len(identities)} expert identities for {len(roles)} configured experts")
+    overrides = dict(expert_weights or {})
+    unknown = sorted(set(overrides) - set(roles))
+    if unknown:
+        raise ValueError(
+            f"expert_weights names roles {unknown} that {path} does not have; its roles: {roles}"
+        )
+    for role, identity in zip(roles, identities, strict=True):
+        if role in overrides:
+            identity["weights"] = None if overrides[role] is None else str(overrides[role])
+    net["experts"] = dict(zip(roles, identities, strict=True))
+
+    encoder = dict(net.get("instructions") or {}).get("encoder", "default")
+    embeddings = state.get(INSTRUCTION_KEY)
+    if encoder is not None and embeddings is None:
+        raise ValueError(
+            f"{path}: the model was trained with instruction encoder {encoder!r} but its state_dict has no "
+            f"{INSTRUCTION_KEY!r}"
+        )
+    model = _build(net, embeddings)
+    trainable = {key[len("net.") :]: value for key, value in state.items() if key.startswith("net.")}
+    try:
+        model.load_trainable_state_dict(trainable)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    if model.task_names != list(saved["tasks"]):
+        raise ValueError(
+            f"{path}: rebuilt tasks {model.task_names} differ from stored {list(saved['tasks'])}"
+        )
+    return Predictor(
+        model,
+        dataset=str(saved.get("dataset", "")),
+        loss_options=dict(saved.get("loss") or {}),
+        device=device,
+        keep_aspect=keep_aspect,
+        batch_size=batch_size,
+    )
+
+
+def _build(net: dict[str, Any], embeddings: Tensor | None) -> TIGER:
+    """build_tiger, with a hint on ``expert_weights`` when an expert's weights are missing."""
+    from tiger.experts import ExpertWeightsError  # every expert family's library: imported on first use
+
+    try:
+        return build_tiger(**net, instruction_embeddings=embeddings)
+    except ExpertWeightsError as error:
+        roles = ", ".join(f"{role}={identity.get('name')}" for role, identity in net["experts"].items())
+        raise ExpertWeightsError(
+            f"{error}\n(inference: give local weights per expert role with load_model(..., expert_weights="
+            f"{{role: path}}) or `python -m tiger.predict ... --expert-weights role=path`; roles: {roles})"
+        ) from error
+
+
+class Predictor:
+    """A trained TIGER ready for inference (eval mode, no autograd).
+
+    Args:
+        model: the TIGER model.
+        dataset: the dataset it was trained on (informative).
+        loss_options: ``tau`` / ``removal`` / ``eps`` of the counterfactual objective for
+            :meth:`routing_report` (TigerLoss defaults where absent).
+        device: where to run.
+        keep_aspect: see the module docstring.
+        batch_size: images per forward pass.
+
+    Attributes:
+        tasks, task_names, expert_names, grid (the training token grid), patch (pixels per token side of the
+        resized input: the largest expert patch size, at least the query encoder's stride).
+    """
+
+    def __init__(
+        self,
+        model: TIGER,
+        *,
+        dataset: str = "",
+        loss_options: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        keep_aspect: bool = True,
+        batch_size: int = 8,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.dataset = dataset
+        self.loss_options = dict(loss_options or {})
+        self.keep_aspect = keep_aspect
+        self.batch_size = batch_size
+        self.patch = max([QueryEncoder.stride, *(expert.patch_size for expert in model.experts)])
+
+    @property
+    def tasks(self) -> list[Task]:
+        return list(self.model.tasks)
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.model.task_names
+
+    @property
+    def expert_names(self) -> list[str]:
+        return self.model.expert_names
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.model.grid
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor(dataset={self.dataset!r}, tasks={self.task_names}, experts={self.expert_names}, "
+            f"grid={self.grid}, device={str(self.device)!r})"
+        )
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid (H, W) for an image of ``height`` x ``width`` pixels (see the module docstring)."""
+        rows, columns = self.grid
+        stretch = (height / width) / (rows / columns)
+        if not self.keep_aspect or 1 / ASPECT_TOLERANCE <= stretch <= ASPECT_TOLERANCE:
+            return self.grid
+        tokens = rows * columns
+        return (
+            max(1, round(math.sqrt(tokens * height / width))),
+            max(1, round(math.sqrt(tokens * width / height))),
+        )
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, size: tuple[int, int] | None = None) -> TigerOutput:
+        """One batch (B, 3, H0, W0) float in [0, 1] -> logits at ``size`` (default (H0, W0)) and routing.
+
+        The images are resized with anti-aliasing to the token grid of :meth:`token_grid` times
+        :attr:`patch` before the experts see them.
+        """
+        height, width = images.shape[-2:]
+        grid = self.token_grid(height, width)
+        work = (grid[0] * self.patch, grid[1] * self.patch)
+        pixels = images.to(self.device, torch.float32)
+        if (height, width) != work:
+            pixels = F.interpolate(pixels, size=work, mode="bilinear", align_corners=False, antialias=True)
+        model = self.model
+        state = model.route(pixels, model.encode(pixels, grid), grid)
+        logits = model.decode(state.fused, grid, size or (height, width))
+        return TigerOutput(predictions=logits, alpha=state.alpha, state=state)
+
+    def predict(
+        self, images: Tensor | Sequence[ImageLike], routing: bool = False, tasks: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Predict every task for every image, at each image's own size.
+
+        Args:
+            images: a batch (B, 3, H, W) float in [0, 1], or a list of images of any sizes: PIL images
+                (converted to RGB: greyscale, palette and RGBA images too, alpha dropped), (H, W, 3) or
+                greyscale (H, W) uint8 arrays, (H, W, 3) float arrays in [0, 1], (3, H, W) float tensors.
+            routing: also return the routing weights of every image.
+            tasks: the tasks to return (default all).
+
+        Returns:
+            One :class:`Prediction` per image, in order.
+        """
+        wanted = self._check_tasks(tasks)
+        tensors = as_image_tensors(images)
+        results: list[Prediction | None] = [None] * len(tensors)
+        for indices in self._batches(tensors):
+            batch = torch.stack([tensors[i] for i in indices])
+            output = self.forward(batch)
+            outputs = {
+                task.name: _to_user_units(task, task.postprocess(output.predictions[task.name]))
+                for task in self.model.tasks
+                if task.name in wanted
+            }
+            alpha = output.alpha.float().cpu().numpy() if routing else None
+            for row, index in enumerate(indices):
+                routed = None
+                if alpha is not None:
+                    routed = Routing(alpha[row], output.state.grid, self.task_names, self.expert_names)
+                size = (int(batch.shape[-2]), int(batch.shape[-1]))
+                results[index] = Prediction({k: v[row] for k, v in outputs.items()}, size, routed)
+        return [result for result in results if result is not None]
+
+    def routing_report(
+        self, images: Tensor | Sequence[ImageLike], targets: Mapping[str, Tensor] | None = None
+    ) -> RoutingReport:
+        """Expert usage over ``images`` and, given targets, how well routing follows causal importance.
+
+        Args:
+            images: as for :meth:`predict`; with ``targets`` a batch (B, 3, H, W) float in [0, 1].
+            targets: {task: target batch} in the format of :mod:`tiger.tasks` at (H, W), for any of the
+                model's tasks. The counterfactual loss increases Delta (eq. 8, the trained ``removal``) give
+                the causal importance p (eq. 9-10); :func:`tiger.viz.routing_agreement` compares it with
+                alpha over the tokens with valid target pixels.
+        """
+        if targets is None:
+            predictions = self.predict(images, routing=True, tasks=[])
+            alphas = [prediction.routing.alpha[None] for prediction in predictions]
+            return RoutingReport(expert_usage(alphas, self.task_names, self.expert_names))
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            raise ValueError("routing_report with targets needs the images as one batch tensor (B, 3, H, W)")
+        batch = as_image_tensors(images)
+        unknown = sorted(set(targets) - set(self.task_names))
+        if unknown or not targets:
+            raise ValueError(f"targets must name some of the model's tasks {self.task_names}, got {unknown}")
+        size = tuple(images.shape[-2:])
+        order = [task for task in self.model.tasks if task.name in targets]
+        moved = {}
+        for task in order:
+            target = targets[task.name]
+            if target.shape[0] != len(batch) or tuple(target.shape[-2:]) != size:
+                raise ValueError(
+                    f"target {task.name!r} has shape {tuple(target.shape)}; expected batch {len(batch)} at "
+                    f"size {size}"
+                )
+            moved[task.name] = target.to(self.device)
+        usage_alphas, agreement_alpha, importance, valid = [], [], [], []
+        criterion = TigerLoss(self.model.tasks, **self.loss_options)
+        rows = [self.task_names.index(task.name) for task in order]
+        for indices in self._batches(batch):
+            output = self.forward(torch.stack([batch[i] for i in indices]))
+            chunk = {
+                task.name: moved[task.name][indices]
+                if task.name in moved
+                else ignored_target(task, len(indices), size, self.device)
+                for task in self.model.tasks
+            }
+            delta, token_valid = criterion.counterfactual_delta(self.model, output, chunk)
+            usage_alphas.append(output.alpha.float().cpu())
+            agreement_alpha.append(output.alpha[:, rows].float().cpu())
+            p = causal_importance(delta[:, rows], criterion.tau, criterion.eps, dim=2)
+            importance.append(p.float().cpu())
+            valid.append(token_valid[:, rows].cpu())
+        agreement = routing_agreement(
+            torch.cat(agreement_alpha), torch.cat(importance), torch.cat(valid), [t.name for t in order]
+        )
+        return RoutingReport(expert_usage(usage_alphas, self.task_names, self.expert_names), agreement)
+
+    def _check_tasks(self, tasks: Sequence[str] | None) -> set[str]:
+        if tasks is None:
+            return set(self.task_names)
+        unknown = sorted(set(tasks) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; this model predicts {self.task_names}")
+        return set(tasks)
+
+    def _batches(self, tensors: Sequence[Tensor]) -> Iterator[list[int]]:
+        """Indices of same-sized images, at most ``batch_size`` at a time."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_size.setdefault(tuple(tensor.shape), []).append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.batch_size):
+                yield indices[start : start + self.batch_size]
+
+
+def plot_prediction(image: ImageLike, prediction: Prediction, predictor: Predictor) -> Figure:
+    """The image and the colour picture of every task of one prediction (:func:`tiger.viz.colorize`)."""
+    picture = as_image_tensor(image).permute(1, 2, 0).numpy()
+    tasks = [task for task in predictor.tasks if task.name in prediction]
+    columns = min(4, len(tasks) + 1)
+    rows = math.ceil((len(tasks) + 1) / columns)
+    height, width = prediction.size
+    scale = 2.6 / max(height, width)
+    figure = Figure(
+        figsize=(columns * width * scale + 0.4, rows * (height * scale + 0.4)), layout="constrained"
+    )
+    axes = np.asarray(figure.subplots(rows, columns, squeeze=False)).ravel()
+    axes[0].imshow(picture)
+    axes[0].set_title(f"image {height}x{width}", fontsize=9)
+    for ax, task in zip(axes[1:], tasks, strict=False):
+        classes = task.channels if task.is_classification else None
+        ax.imshow(colorize(task.name, prediction[task.name], classes), interpolation="nearest")
+        ax.set_title(task.name, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    return figure
+
+
+def ignored_target(task: Task, batch: int, size: tuple[int, int], device: torch.device) -> Tensor:
+    """A target batch in the format of :mod:`tiger.tasks` with every pixel ignored (for tasks without
+    targets: the counterfactual pass needs one per task; none of its tokens count)."""
+    height, width = size
+    if task.name == "depth":
+        return torch.zeros(batch, 1, height, width, device=device)
+    if task.name == "normals":
+        return torch.zeros(batch, 3, height, width, device=device)
+    dtype = torch.float32 if task.name == "edge" else torch.long
+    return torch.full((batch, height, width), IGNORE_INDEX, dtype=dtype, device=device)
+
+
+def _to_user_units(task: Task, prediction: Tensor) -> np.ndarray:
+    """Output of :meth:`Task.postprocess` for a batch -> numpy in the documented per-image layout."""
+    array = prediction.detach().cpu()
+    if task.is_classification:
+        return array.long().numpy()
+    if task.name == "depth":
+        return array[:, 0].float().numpy()
+    if task.name == "normals":
+        return array.permute(0, 2, 3, 1).float().numpy()
+    return array.float().numpy()
+
+
+def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:
+    """One image -> (3, H, W) float32 in [0, 1]; see :meth:`Predictor.predict` for what is accepted."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise ValueError(
+                f"image {index}: expected an (H, W, 3) RGB or (H, W) greyscale array, got shape {array.shape}"
+            )
+        if array.dtype == np.uint8:
+            tensor = torch.tensor(array).permute(2, 0, 1).float() / 255.0
+        elif np.issubdtype(array.dtype, np.floating):
+            tensor = torch.tensor(array, dtype=torch.float32).permute(2, 0, 1)
+        else:
+            raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got dtype {array.dtype}")
+    elif isinstance(image, Tensor):
+        tensor = image
+        if tensor.ndim != 3 or tensor.shape[0] != 3 or not tensor.is_floating_point():
+            raise ValueError(
+                f"image {index}: expected a float tensor (3, H, W) in [0, 1], got {tensor.dtype} "
+                f"{tuple(tensor.shape)}"
+            )
+        tensor = tensor.float()
+    else:
+        raise TypeError(
+            f"image {index}: expected a PIL image, numpy array or tensor, got {type(image).__name__}"
+        )
+    if tensor.shape[-1] < 1 or tensor.shape[-2] < 1:
+        raise ValueError(f"image {index}: empty image of size {tuple(tensor.shape[-2:])}")
+    low, high = float(tensor.min()), float(tensor.max())
+    if not (math.isfinite(low) and math.isfinite(high)) or low < 0.0 or high > 1.0:
+        raise ValueError(f"image {index}: float values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
+    return tensor
+
+
+def as_image_tensors(images: Tensor | Sequence[ImageLike]) -> list[Tensor]:
+    """A batch (B, 3, H, W) or a list of images -> list of (3, H, W) float32 tensors in [0, 1]."""
+    if isinstance(images, Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a batch of RGB images (B, 3, H, W), got {tuple(images.shape)}")
+        return [as_image_tensor(image, index) for index, image in enumerate(images)]
+    if isinstance(images, Image.Image | np.ndarray):
+        raise TypeError("pass a list of images (or a batch tensor), e.g. predict([image])")
+    return [as_image_tensor(image, index) for index, image in enumerate(images)]

@@ -1,0 +1,153 @@
+"""The LightningModule that trains TIGER with the loss of eq. 14 and the protocol metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from tiger.build import build_tiger, plain_config
+from tiger.losses import TigerLoss, task_loss
+from tiger.metrics import build_metric
+
+CHECKPOINT_FORMAT = 1
+
+
+def warmup_poly_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, power: float = 0.9
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up for ``warmup_steps``, then polynomial decay to zero at ``total_steps``."""
+    decay = torch.optim.lr_scheduler.PolynomialLR(optimizer, max(1, total_steps - warmup_steps), power)
+    if warmup_steps <= 0:
+        return decay
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1e-3, 1.0, warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], [warmup_steps])
+
+
+class TigerModule(L.LightningModule):
+    """Trains :class:`tiger.model.TIGER`.
+
+    Args:
+        net: keyword arguments of :func:`tiger.build.build_tiger` (kept verbatim in every checkpoint, so
+            the model can be rebuilt from it).
+        loss: keyword arguments of :class:`tiger.losses.TigerLoss` (lambda_cf, tau, removal, eps).
+        optimizer: a partial optimizer taking ``params``.
+        scheduler: ``{"warmup_steps": int, "power": float}`` for :func:`warmup_poly_schedule`, or None.
+        dataset: ``nyud``, ``pascal`` or ``synthetic``: picks the metric options.
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Mapping[str, Any] | None,
+        dataset: str,
+    ) -> None:
+        super().__init__()
+        self.net_config = plain_config(net)
+        self.net = build_tiger(**self.net_config)
+        self.loss_options = plain_config(loss)
+        self.criterion = TigerLoss(self.net.tasks, **self.loss_options)
+        self.optimizer_factory = optimizer
+        self.scheduler_options = dict(scheduler) if scheduler else None
+        self.dataset = dataset
+        self.val_metrics = nn.ModuleDict({task.name: build_metric(task, dataset) for task in self.net.tasks})
+        self.last_val_results: dict[str, dict[str, float]] = {}
+
+    def forward(self, images: Tensor):
+        return self.net(images)
+
+    def _targets(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        missing = [name for name in self.net.task_names if name not in batch]
+        if missing:
+            raise KeyError(f"the batch has no target for tasks {missing}; it has keys {sorted(batch)}")
+        return {name: batch[name] for name in self.net.task_names}
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        output = self.net(batch["image"])
+        terms = self.criterion(self.net, output, self._targets(batch))
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, on_step=True)
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True)
+        return terms["loss"]
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        output = self.net(batch["image"])
+        targets = self._targets(batch)
+        loss = sum(
+            task.weight * task_loss(task, output.predictions[task.name], targets[task.name])
+            for task in self.net.tasks
+        )
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        for task in self.net.tasks:
+            self.val_metrics[task.name].update(
+                task.postprocess(output.predictions[task.name]), targets[task.name]
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        results: dict[str, dict[str, float]] = {}
+        for name, metric in self.val_metrics.items():
+            values = metric.compute()
+            results[name] = {key: float(value) for key, value in values.items()}
+            metric.reset()
+            self.log_dict(
+                {f"val/{name}/{key}": float(value) for key, value in values.items()}, sync_dist=False
+            )
+        self.last_val_results = results
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_options is None:
+            return {"optimizer": optimizer}
+        total = (
+            self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        )
+        scheduler = warmup_poly_schedule(optimizer, int(total), **self.scheduler_options)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # checkpoints: only what was trained, plus what is needed to rebuild the frozen parts
+    def checkpoint_identity(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "net": self.net_config,
+            "loss": self.loss_options,
+            "dataset": self.dataset,
+            "tasks": self.net.task_names,
+            "experts": [dict(expert.identity) for expert in self.net.experts],
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {
+            key: value
+            for key, value in checkpoint["state_dict"].items()
+            if not key.startswith("net.experts.")
+        }
+        checkpoint["tiger"] = self.checkpoint_identity()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(checkpoint, self.checkpoint_identity())
+        trainable = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        self.net.load_trainable_state_dict(trainable)  # raises naming any key or shape difference
+        checkpoint["state_dict"].update({f"net.{k}": v for k, v in self.net.experts_state_dict().items()})
+
+
+def check_compatible(checkpoint: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming the difference when a checkpoint comes from another configuration."""
+    saved = checkpoint.get("tiger")
+    if not isinstance(saved, Mapping) or "experts" not in saved:
+        raise ValueError("not a TIGER checkpoint: it has no 'tiger' section (experts, tasks, config)")
+    differences = []
+    saved_experts = [expert.get("name") for expert in saved["experts"]]
+    own_experts = [expert.get("name") for expert in identity["experts"]]
+    if saved_experts != own_experts:
+        differences.append(f"experts: checkpoint {saved_experts} vs configured {own_experts}")
+    if list(saved["tasks"]) != list(identity["tasks"]):
+        differences.append(
+            f"tasks: checkpoint {list(saved['tasks'])} vs configured {list(identity['tasks'])}"
+        )
+    if differences:
+        raise ValueError("the checkpoint comes from another configuration: " + "; ".join(differences))

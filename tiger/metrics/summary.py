@@ -1,0 +1,94 @@
+"""The main metric of each task, the multi-task performance Delta_m, and the paper-style results table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+# task -> (metric key, higher is better), in the column order of the papers' tables
+MAIN_METRIC: dict[str, tuple[str, bool]] = {
+    "semseg": ("mIoU", True),
+    "human_parts": ("mIoU", True),
+    "sal": ("maxF", True),
+    "normals": ("mErr", False),
+    "edge": ("odsF", True),
+    "depth": ("rmse", False),
+}
+COLUMN_TITLES = {
+    "semseg": "Semseg mIoU",
+    "human_parts": "Parsing mIoU",
+    "sal": "Saliency maxF",
+    "normals": "Normal mErr",
+    "edge": "Boundary ODS-F",
+    "depth": "Depth RMSE",
+}
+
+
+def main_values(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{task: {metric: value}} -> {task: value of its main metric}."""
+    return {task: float(results[task][MAIN_METRIC[task][0]]) for task in MAIN_METRIC if task in results}
+
+
+def multi_task_delta(
+    results: Mapping[str, float],
+    baselines: Mapping[str, float],
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> float:
+    """Delta_m in percent: mean over tasks j of (-1)^{l_j} (M_j - M_b,j) / M_b,j x 100, l_j = 1 where lower
+    is better.
+
+    Args:
+        results: task -> value of its main metric (see :func:`main_values`).
+        baselines: task -> the single-task baseline's value; every task of ``results`` needs one.
+        higher_is_better: task -> direction; defaults to :data:`MAIN_METRIC`'s.
+    """
+    missing = sorted(set(results) - set(baselines))
+    if missing:
+        raise ValueError(f"no single-task baseline for tasks {missing}")
+    if not results:
+        raise ValueError("no task results to compare")
+    terms = []
+    for task, value in results.items():
+        if higher_is_better is not None and task in higher_is_better:
+            higher = higher_is_better[task]
+        elif task in MAIN_METRIC:
+            higher = MAIN_METRIC[task][1]
+        else:
+            raise ValueError(f"unknown direction for task {task!r}: pass higher_is_better")
+        if baselines[task] == 0:
+            raise ValueError(f"the baseline of task {task!r} is 0: Delta_m divides by it")
+        sign = 1.0 if higher else -1.0
+        terms.append(sign * (value - baselines[task]) / baselines[task])
+    return 100.0 * sum(terms) / len(terms)
+
+
+def format_table(
+    rows: Mapping[str, Mapping[str, Mapping[str, float]]] | Mapping[str, Mapping[str, float]],
+    tasks: Sequence[str] | None = None,
+) -> str:
+    """A plain-text table laid out like the papers: one column per task's main metric, in the papers' order.
+
+    ``rows`` is either one result {task: {metric: value}} or several {row name: result}.
+    """
+    first = next(iter(rows.values()), {})
+    single = bool(first) and all(isinstance(v, int | float) for v in first.values())
+    named = {"": rows} if single or not rows else dict(rows)
+    present = set(tasks) if tasks is not None else {t for result in named.values() for t in result}
+    columns = [task for task in MAIN_METRIC if task in present]
+    header = [""] * (not single) + [COLUMN_TITLES[t] + (" ↑" if MAIN_METRIC[t][1] else " ↓") for t in columns]
+    body = []
+    for name, result in named.items():
+        cells = [_cell(result, t) for t in columns]
+        body.append(([name] if not single else []) + cells)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *body]
+    ]
+    return "\n".join(lines)
+
+
+def _cell(result: Mapping[str, Mapping[str, float]], task: str) -> str:
+    if task not in result:
+        return "-"
+    value = result[task][MAIN_METRIC[task][0]]
+    return f"{value:.4f}" if task == "depth" else f"{value:.2f}"

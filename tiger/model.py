@@ -1,0 +1,199 @@
+"""TIGER: frozen experts -> projection -> expert interaction -> instruction-guided routing -> task
+interaction -> shared decoder -> task heads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from tiger.instructions import TaskRepresentation
+from tiger.nn import (
+    ExpertProjection,
+    HyperQueryProjection,
+    QueryEncoder,
+    SetAttention,
+    SharedDecoder,
+    TaskHeads,
+    TokenRouter,
+)
+from tiger.tasks import Task
+
+
+@dataclass
+class RoutingState:
+    """What the counterfactual objective needs from one forward pass.
+
+    Attributes:
+        tokens: F'_k after expert interaction, (B, M, N, d).
+        alpha: routing weights alpha_{k,n}(t), (B, T, M, N).
+        fused: routed tokens f_n(t), (B, T, N, d).
+        grid: the token grid (H, W), N = H W.
+    """
+
+    tokens: Tensor
+    alpha: Tensor
+    fused: Tensor
+    grid: tuple[int, int]
+
+
+@dataclass
+class TigerOutput:
+    """predictions: {task: logits (B, C_task, H0, W0)}; alpha: (B, T, M, N); state: see RoutingState."""
+
+    predictions: dict[str, Tensor]
+    alpha: Tensor
+    state: RoutingState
+
+
+class TIGER(nn.Module):
+    """Task-Instruction-Guided Expert Routing over frozen vision experts.
+
+    Args:
+        experts: frozen experts; each maps (images (B,3,H0,W0) in [0,1], grid) to (B, C_k, H, W) and has
+            ``channels`` and ``identity`` attributes (see :mod:`tiger.experts`).
+        tasks: the tasks, in output order.
+        grid: the shared token grid (H, W).
+        instruction_embeddings: Sentence-BERT t0 (T, d_t), or None for learnable task embeddings only.
+        dim: shared token width d.
+        task_dim: d_t when ``instruction_embeddings`` is None.
+        rank: rank r of the hyper-network (eq. 4).
+        hyper_hidden: hidden width of g and h (eq. 4).
+        query_width: channels of the query encoder.
+        expert_interaction: expert-interactive attention before routing (Sec. 3.4).
+        task_interaction: task-interactive attention after routing (Sec. 3.4).
+        interaction_layers: transformer layers in each interaction module.
+        num_heads: attention heads in each interaction module.
+        decoder_width: channels of the shared decoder's first block.
+        decoder_upsamples: 2x upsampling stages of the shared decoder.
+        projection_hidden: hidden width of the eq. 2 FFN (default 2 d).
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[nn.Module],
+        tasks: Sequence[Task],
+        grid: Sequence[int],
+        instruction_embeddings: Tensor | None,
+        *,
+        dim: int = 256,
+        task_dim: int = 384,
+        rank: int = 16,
+        hyper_hidden: int = 256,
+        query_width: int = 64,
+        expert_interaction: bool = True,
+        task_interaction: bool = True,
+        interaction_layers: int = 1,
+        num_heads: int = 8,
+        decoder_width: int = 256,
+        decoder_upsamples: int = 2,
+        projection_hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not experts:
+            raise ValueError("TIGER needs at least one expert")
+        if not tasks:
+            raise ValueError("TIGER needs at least one task")
+        names = [task.name for task in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate task names in {names}")
+        if len(grid) != 2 or min(grid) < 1:
+            raise ValueError(f"grid must be two positive integers (H, W), got {grid!r}")
+        self.tasks = list(tasks)
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.experts = nn.ModuleList(experts)
+        self.projections = nn.ModuleList(
+            ExpertProjection(expert.channels, dim, projection_hidden) for expert in experts
+        )
+        self.expert_interaction = (
+            SetAttention(len(experts), dim, num_heads, interaction_layers) if expert_interaction else None
+        )
+        self.task_representation = TaskRepresentation(instruction_embeddings, len(tasks), task_dim)
+        self.query_encoder = QueryEncoder(dim, query_width)
+        self.hyper = HyperQueryProjection(dim, self.task_representation.dim, rank, hyper_hidden)
+        self.router = TokenRouter()
+        self.task_interaction = (
+            SetAttention(len(tasks), dim, num_heads, interaction_layers) if task_interaction else None
+        )
+        self.decoder = SharedDecoder(dim, decoder_width, decoder_upsamples)
+        self.heads = TaskHeads(tasks, self.decoder.out_channels)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [expert.name for expert in self.experts]
+
+    def encode(self, images: Tensor, grid: tuple[int, int] | None = None) -> list[Tensor]:
+        """images (B, 3, H0, W0) in [0, 1] -> frozen expert features [(B, C_k, H, W)]."""
+        check_images(images)
+        grid = grid or self.grid
+        with torch.no_grad():
+            return [expert(images, grid) for expert in self.experts]
+
+    def route(self, images: Tensor, features: Sequence[Tensor], grid: tuple[int, int]) -> RoutingState:
+        """Project, let experts interact, and route them per task and token (eq. 2-7)."""
+        tokens = torch.stack([proj(f) for proj, f in zip(self.projections, features, strict=True)], 1)
+        if self.expert_interaction is not None:
+            tokens = self.expert_interaction(tokens)
+        queries = self.hyper(self.query_encoder(images, grid), self.task_representation())
+        fused, alpha = self.router(queries, tokens)
+        return RoutingState(tokens=tokens, alpha=alpha, fused=fused, grid=grid)
+
+    def decode(self, fused: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> dict[str, Tensor]:
+        """Everything downstream of routing: routed tokens (B, T, N, d) -> {task: logits (B, C, *size)}."""
+        if self.task_interaction is not None:
+            fused = self.task_interaction(fused)
+        return self.heads(self.decoder(fused, grid), size)
+
+    def forward(self, images: Tensor, grid: tuple[int, int] | None = None) -> TigerOutput:
+        """images (B, 3, H0, W0) RGB in [0, 1] -> logits at (H0, W0) and routing weights (B, T, M, N)."""
+        grid = grid or self.grid
+        state = self.route(images, self.encode(images, grid), grid)
+        predictions = self.decode(state.fused, grid, (images.shape[-2], images.shape[-1]))
+        return TigerOutput(predictions=predictions, alpha=state.alpha, state=state)
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Everything but the frozen experts' weights (those are rebuilt from their identities)."""
+        return {key: value for key, value in self.state_dict().items() if not key.startswith("experts.")}
+
+    def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load :meth:`trainable_state_dict` output; the keys and shapes must match exactly."""
+        own = self.trainable_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mismatched = [
+            f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+            for key in sorted(set(own) & set(state))
+            if state[key].shape != own[key].shape
+        ]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                "the checkpoint does not fit this TIGER configuration:"
+                + _listing("missing from the checkpoint", missing)
+                + _listing("not in this model", unexpected)
+                + _listing("shape differs", mismatched)
+            )
+        self.load_state_dict({**state, **self.experts_state_dict()}, strict=True)
+
+    def experts_state_dict(self) -> dict[str, Tensor]:
+        return {key: value for key, value in self.state_dict().items() if key.startswith("experts.")}
+
+
+def check_images(images: Tensor) -> None:
+    """Raise a clear error unless ``images`` is a float batch (B, 3, H0, W0)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+
+
+def _listing(title: str, items: list[str], limit: int = 8) -> str:
+    if not items:
+        return ""
+    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"\n  {title}: " + ", ".join(items[:limit]) + more

@@ -1,0 +1,549 @@
+"""Visualisation: prediction colour maps, routing-weight maps (the paper's Fig. 5), expert usage,
+routing vs counterfactual-importance agreement, and task-embedding similarities (Fig. 6).
+
+Every function is pure: figures are built as :class:`matplotlib.figure.Figure` objects without pyplot
+(so no windows, no global figure registry and no backend switch), and rendered with the Agg canvas by
+:func:`save_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from scipy.stats import rankdata
+from torch import Tensor, nn
+
+from tiger.losses import jensen_shannon
+from tiger.tasks import IGNORE_INDEX, NUM_HUMAN_PARTS, TASK_NAMES, palette
+
+ArrayLike = np.ndarray | Tensor
+
+IGNORE_COLOUR = (255, 255, 255)
+ROUTING_CMAP = "viridis"
+
+
+def _numpy(value: ArrayLike) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prediction colour maps
+
+
+def colorize(
+    task_name: str,
+    prediction: ArrayLike,
+    num_classes: int | None = None,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "magma",
+) -> np.ndarray:
+    """A prediction (or target) of one image -> an RGB picture (H, W, 3) uint8.
+
+    Args:
+        task_name: one of :data:`tiger.tasks.TASK_NAMES`.
+        prediction: numpy array or torch tensor, in the format of :meth:`tiger.tasks.Task.postprocess`
+            for one image:
+
+            * semseg / human_parts: class map (H, W), integer; VOC palette, ``255`` (ignore) white.
+            * depth: metres (H, W) or (1, H, W); ``0`` / non-finite (invalid) black. Near is bright: the
+              colour is ``cmap((vmax - d) / (vmax - vmin))``, with vmin / vmax the 2nd / 98th percentiles of
+              the valid depths unless given.
+            * normals: unit vectors (H, W, 3) or (3, H, W) -> ``round((n + 1) / 2 * 255)``; all-zero
+              (invalid) pixels black.
+            * sal / edge: probabilities (H, W) in [0, 1] (or the saved uint8 format, divided by 255) -> grey.
+        num_classes: semseg / human_parts only: labels must be below it (or 255); default: any label
+            < 256 for semseg, 7 for human_parts.
+        vmin, vmax: depth only: the colour range in metres.
+        cmap: depth only: a matplotlib colormap name.
+    """
+    if task_name not in TASK_NAMES:
+        raise ValueError(f"unknown task {task_name!r}; known tasks: {', '.join(TASK_NAMES)}")
+    array = _numpy(prediction)
+    if task_name in ("semseg", "human_parts"):
+        default = NUM_HUMAN_PARTS if task_name == "human_parts" else IGNORE_INDEX
+        return _colorize_classes(task_name, array, num_classes or default)
+    if task_name == "depth":
+        return _colorize_depth(array, vmin, vmax, cmap)
+    if task_name == "normals":
+        return _colorize_normals(array)
+    return _colorize_probability(task_name, array)
+
+
+def _colorize_classes(task_name: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{task_name}: expected an integer class map (H, W), got {labels.dtype} {labels.shape}"
+        )
+    ignore = labels == IGNORE_INDEX
+    bad = (labels < 0) | ((labels >= num_classes) & ~ignore)
+    if bad.any():
+        raise ValueError(
+            f"{task_name}: labels must lie in [0, {num_classes}) or be {IGNORE_INDEX} (ignore), "
+            f"found {np.unique(labels[bad])[:8].tolist()}"
+        )
+    rgb = palette(max(num_classes, 1))[np.where(ignore, 0, labels)]
+    rgb[ignore] = IGNORE_COLOUR
+    return rgb
+
+
+def _colorize_depth(depth: np.ndarray, vmin: float | None, vmax: float | None, cmap: str) -> np.ndarray:
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected metres (H, W) or (1, H, W), got shape {depth.shape}")
+    depth = depth.astype(np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    if valid.any():
+        low, high = np.percentile(depth[valid], [2.0, 98.0])
+    else:
+        low, high = 0.0, 1.0
+    low = low if vmin is None else vmin
+    high = high if vmax is None else vmax
+    if high < low:
+        raise ValueError(f"depth: vmax ({high}) must not be below vmin ({low})")
+    position = np.clip((high - np.where(valid, depth, high)) / max(high - low, 1e-12), 0.0, 1.0)
+    rgb = (matplotlib.colormaps[cmap](position)[..., :3] * 255).round().astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def _colorize_normals(normals: np.ndarray) -> np.ndarray:
+    if normals.ndim == 3 and normals.shape[-1] != 3 and normals.shape[0] == 3:
+        normals = normals.transpose(1, 2, 0)
+    if normals.ndim != 3 or normals.shape[-1] != 3:
+        raise ValueError(f"normals: expected unit vectors (H, W, 3) or (3, H, W), got shape {normals.shape}")
+    normals = normals.astype(np.float64)
+    rgb = np.clip(np.round((normals + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8)
+    rgb[np.abs(normals).sum(-1) == 0] = 0
+    return rgb
+
+
+def _colorize_probability(task_name: str, probability: np.ndarray) -> np.ndarray:
+    if probability.ndim != 2:
+        raise ValueError(f"{task_name}: expected probabilities (H, W), got shape {probability.shape}")
+    if probability.dtype == np.uint8:
+        probability = probability / 255.0
+    probability = probability.astype(np.float64)
+    if not np.isfinite(probability).all() or probability.min() < 0 or probability.max() > 1:
+        raise ValueError(
+            f"{task_name}: expected probabilities in [0, 1], got range "
+            f"[{np.nanmin(probability):.4g}, {np.nanmax(probability):.4g}]"
+        )
+    grey = np.round(probability * 255.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Routing maps (Fig. 5)
+
+
+def routing_maps(alpha: ArrayLike, grid: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Routing weights of one image on the token grid -> maps at the image size.
+
+    Args:
+        alpha: (T, M, N) routing weights, N = H * W.
+        grid: the token grid (H, W).
+        size: the image size (H0, W0).
+
+    Returns:
+        (T, M, H0, W0) float32, bilinearly upsampled (``align_corners=False``); still in [0, 1] and, when
+        ``alpha`` sums to one over the experts, still summing to one.
+    """
+    weights = torch.as_tensor(_numpy(alpha), dtype=torch.float32)
+    height, width = int(grid[0]), int(grid[1])
+    if weights.ndim != 3 or weights.shape[-1] != height * width:
+        raise ValueError(
+            f"alpha must be (T, M, N) with N = {height}*{width} = {height * width} for grid {tuple(grid)}, "
+            f"got {tuple(weights.shape)}"
+        )
+    maps = weights.reshape(-1, 1, height, width)
+    upsampled = F.interpolate(maps, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    return upsampled.reshape(*weights.shape[:2], int(size[0]), int(size[1])).clamp(0.0, 1.0).numpy()
+
+
+def _image_hwc(image: ArrayLike) -> np.ndarray:
+    """(H0, W0, 3) uint8 or (3, H0, W0) / (H0, W0, 3) float in [0, 1] -> (H0, W0, 3) float in [0, 1]."""
+    array = _numpy(image)
+    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3) or (3, H, W), got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float64) / 255.0
+    return np.clip(array.astype(np.float64), 0.0, 1.0)
+
+
+def _expert_colours(num_experts: int) -> ListedColormap:
+    base = matplotlib.colormaps["tab10" if num_experts <= 10 else "tab20"]
+    return ListedColormap([base(index % base.N) for index in range(num_experts)])
+
+
+def plot_routing(
+    image: ArrayLike,
+    alpha: ArrayLike,
+    grid: Sequence[int],
+    task_names: Sequence[str],
+    expert_names: Sequence[str],
+    overlay: bool = True,
+) -> Figure:
+    """Per-task, per-expert routing-weight maps over one image (the paper's Fig. 5).
+
+    Rows are tasks; columns are the image, one routing map per expert (colour range fixed to [0, 1], one
+    shared colorbar) and the argmax expert with a categorical legend.
+
+    Args:
+        image: (H0, W0, 3) uint8 or (3, H0, W0) float in [0, 1].
+        alpha: (T, M, N) routing weights of this image.
+        grid: the token grid (H, W).
+        task_names: T names; expert_names: M names.
+        overlay: draw the maps semi-transparently over a grey copy of the image.
+    """
+    picture = _image_hwc(image)
+    weights = _numpy(alpha)
+    if weights.ndim != 3 or weights.shape[:2] != (len(task_names), len(expert_names)):
+        raise ValueError(
+            f"alpha must be (T, M, N) = ({len(task_names)}, {len(expert_names)}, N) for the given task and "
+            f"expert names, got {weights.shape}"
+        )
+    maps = routing_maps(weights, grid, picture.shape[:2])
+    num_tasks, num_experts = maps.shape[:2]
+    grey = np.repeat(picture.mean(-1, keepdims=True), 3, axis=-1)
+    map_alpha = 0.65 if overlay else 1.0
+    expert_cmap = _expert_colours(num_experts)
+
+    fig = Figure(figsize=(2.2 * (num_experts + 2) + 0.8, 2.0 * num_tasks + 0.9), layout="constrained")
+    axes = np.asarray(fig.subplots(num_tasks, num_experts + 2, squeeze=False))
+    for row, task in enumerate(task_names):
+        axes[row, 0].imshow(picture)
+        axes[row, 0].set_ylabel(task, fontsize=10)
+        for column in range(num_experts):
+            ax = axes[row, column + 1]
+            if overlay:
+                ax.imshow(grey)
+            ax.imshow(maps[row, column], cmap=ROUTING_CMAP, vmin=0.0, vmax=1.0, alpha=map_alpha)
+            ax.set_title(f"{task}: {expert_names[column]}", fontsize=8)
+        ax = axes[row, -1]
+        if overlay:
+            ax.imshow(grey)
+        ax.imshow(
+            maps[row].argmax(0),
+            cmap=expert_cmap,
+            vmin=-0.5,
+            vmax=num_experts - 0.5,
+            alpha=map_alpha,
+            interpolation="nearest",
+        )
+        ax.set_title(f"{task}: argmax expert", fontsize=8)
+    axes[0, 0].set_title("image", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colorbar_axes = axes[:, 1 : num_experts + 1].ravel().tolist()
+    fig.colorbar(
+        ScalarMappable(Normalize(0.0, 1.0), ROUTING_CMAP),
+        ax=colorbar_axes,
+        shrink=0.8,
+        label="routing weight",
+    )
+    handles = [Patch(color=expert_cmap(index), label=name) for index, name in enumerate(expert_names)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(num_experts, 6), title="argmax expert")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Expert usage
+
+
+def expert_usage(
+    alpha: ArrayLike | Sequence[ArrayLike], task_names: Sequence[str], expert_names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Mean routing weight per task and expert over images and tokens.
+
+    Args:
+        alpha: routing weights (B, T, M, N), or a list of such batches (N may differ between batches).
+        task_names: T names; expert_names: M names.
+
+    Returns:
+        {task: {expert: mean weight}}; each row sums to one (checked: ``alpha`` must sum to one over M).
+    """
+    batches = [alpha] if isinstance(alpha, np.ndarray | Tensor) else list(alpha)
+    if not batches:
+        raise ValueError("expert_usage needs at least one batch of routing weights")
+    shape = (len(task_names), len(expert_names))
+    total = np.zeros(shape, dtype=np.float64)
+    count = 0
+    for index, batch in enumerate(batches):
+        weights = _numpy(batch).astype(np.float64)
+        if weights.ndim != 4 or weights.shape[1:3] != shape:
+            raise ValueError(
+                f"batch {index}: alpha must be (B, T, M, N) with T, M = {shape}, got {weights.shape}"
+            )
+        sums = weights.sum(2)
+        if not np.allclose(sums, 1.0, atol=1e-3):
+            raise ValueError(
+                f"batch {index}: routing weights must sum to one over the experts (dim 2), got sums in "
+                f"[{sums.min():.4g}, {sums.max():.4g}]"
+            )
+        total += weights.sum((0, 3))
+        count += weights.shape[0] * weights.shape[3]
+    if count == 0:
+        raise ValueError("expert_usage got only empty batches (B * N == 0)")
+    mean = total / count
+    return {
+        task: {expert: float(mean[t, m]) for m, expert in enumerate(expert_names)}
+        for t, task in enumerate(task_names)
+    }
+
+
+def _usage_matrix(usage: dict[str, dict[str, float]]) -> tuple[list[str], list[str], np.ndarray]:
+    tasks = list(usage)
+    if not tasks:
+        raise ValueError("usage is empty")
+    experts = list(usage[tasks[0]])
+    for task in tasks:
+        if list(usage[task]) != experts:
+            raise ValueError(f"usage row {task!r} has experts {list(usage[task])}, expected {experts}")
+    return tasks, experts, np.array([[usage[task][expert] for expert in experts] for task in tasks])
+
+
+def format_usage_table(usage: dict[str, dict[str, float]]) -> str:
+    """{task: {expert: weight}} -> plain-text table: rows tasks, columns experts, percentages, one decimal."""
+    tasks, experts, matrix = _usage_matrix(usage)
+    first = max(len("task"), *(len(task) for task in tasks))
+    widths = [max(len(expert), 6) for expert in experts]
+    header = "task".ljust(first) + "".join(
+        f"  {expert:>{w}}" for expert, w in zip(experts, widths, strict=True)
+    )
+    lines = [header, "-" * len(header)]
+    for task, row in zip(tasks, matrix, strict=True):
+        cells = "".join(f"  {100 * value:>{w - 1}.1f}%" for value, w in zip(row, widths, strict=True))
+        lines.append(task.ljust(first) + cells)
+    return "\n".join(lines)
+
+
+def plot_usage(usage: dict[str, dict[str, float]]) -> Figure:
+    """Heat map of the mean routing weight (in %) per task (rows) and expert (columns), with numbers."""
+    tasks, experts, matrix = _usage_matrix(usage)
+    fig = Figure(figsize=(1.3 * len(experts) + 2.5, 0.55 * len(tasks) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(
+        100 * matrix, cmap="Blues", vmin=0.0, vmax=100.0 * max(matrix.max(), 1e-12), aspect="auto"
+    )
+    _annotate(ax, 100 * matrix, "{:.1f}", image)
+    ax.set_xticks(range(len(experts)), experts, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_title("mean routing weight (%)")
+    fig.colorbar(image, ax=ax)
+    return fig
+
+
+def _annotate(ax, values: np.ndarray, fmt: str, image) -> None:
+    """Write each value in its cell, black on light and white on dark colours."""
+    for (row, column), value in np.ndenumerate(values):
+        red, green, blue, _ = image.cmap(image.norm(value))
+        light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
+        ax.text(
+            column, row, fmt.format(value), ha="center", va="center", fontsize=8, color="k" if light else "w"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Routing vs counterfactual importance
+
+
+def routing_agreement(
+    alpha: ArrayLike, p: ArrayLike, valid: ArrayLike | None, task_names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """How well the routing weights follow the counterfactual causal importance, per task.
+
+    Args:
+        alpha: routing weights (B, T, M, N).
+        p: causal importance (B, T, M, N), e.g. ``causal_importance(delta, tau, dim=2)`` from
+            :meth:`tiger.losses.TigerLoss.counterfactual_delta`.
+        valid: (B, T, N) tokens to count (the ``valid`` of ``counterfactual_delta``), or None for all.
+        task_names: T names.
+
+    Returns:
+        {task: {"jsd": mean JSD(p || alpha) (eq. 12), "top1": rate of argmax alpha == argmax p,
+        "spearman": mean Spearman rank correlation between alpha and p over the experts of a token,
+        "tokens": number of valid tokens}}. Spearman uses average ranks for ties; tokens where alpha or p
+        is constant over the experts (correlation undefined) are left out of its mean. With M = 2 it is
+        +1 when both pick the same expert and -1 otherwise (the information of top-1); with M = 1 it is
+        NaN. Every metric is NaN for a task without valid tokens.
+    """
+    q = torch.as_tensor(_numpy(alpha), dtype=torch.float64)
+    target = torch.as_tensor(_numpy(p), dtype=torch.float64)
+    if q.ndim != 4 or q.shape != target.shape or q.shape[1] != len(task_names):
+        raise ValueError(
+            f"alpha and p must both be (B, T, M, N) with T = {len(task_names)}, got {tuple(q.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    batch, tasks, experts, tokens = q.shape
+    if valid is None:
+        mask = torch.ones(batch, tasks, tokens, dtype=torch.bool)
+    else:
+        mask = torch.as_tensor(_numpy(valid)).bool()
+        if mask.shape != (batch, tasks, tokens):
+            raise ValueError(f"valid must be (B, T, N) = {(batch, tasks, tokens)}, got {tuple(mask.shape)}")
+    jsd = jensen_shannon(target, q, dim=2)  # (B, T, N)
+    top1 = q.argmax(2) == target.argmax(2)
+    spearman = torch.from_numpy(_rank_correlation(q.numpy(), target.numpy(), axis=2))
+    result: dict[str, dict[str, float]] = {}
+    for index, task in enumerate(task_names):
+        keep = mask[:, index]
+        rho = spearman[:, index][keep]
+        rho = rho[~rho.isnan()]
+        result[task] = {
+            "jsd": float(jsd[:, index][keep].mean()) if keep.any() else float("nan"),
+            "top1": float(top1[:, index][keep].double().mean()) if keep.any() else float("nan"),
+            "spearman": float(rho.mean()) if rho.numel() else float("nan"),
+            "tokens": float(keep.sum()),
+        }
+    return result
+
+
+def _rank_correlation(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+    """Spearman's rho along ``axis`` (average ranks for ties); NaN where either side is constant."""
+    rank_x = rankdata(x, axis=axis)
+    rank_y = rankdata(y, axis=axis)
+    rank_x -= rank_x.mean(axis, keepdims=True)
+    rank_y -= rank_y.mean(axis, keepdims=True)
+    numerator = (rank_x * rank_y).sum(axis)
+    denominator = np.sqrt((rank_x**2).sum(axis) * (rank_y**2).sum(axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+def plot_agreement(agreement: dict[str, dict[str, float]]) -> Figure:
+    """Bar charts of :func:`routing_agreement` per task: JSD (lower is better), top-1 rate and Spearman."""
+    tasks = list(agreement)
+    if not tasks:
+        raise ValueError("agreement is empty")
+    metrics = [
+        ("jsd", "mean JSD(p || alpha)", (0.0, float(np.log(2)))),
+        ("top1", "top-1 agreement", (0.0, 1.0)),
+    ]
+    metrics.append(("spearman", "mean Spearman rho", (-1.0, 1.0)))
+    fig = Figure(figsize=(4.0 * len(metrics), 0.5 * len(tasks) + 2.0), layout="constrained")
+    axes = fig.subplots(1, len(metrics), sharey=True)
+    colours = [matplotlib.colormaps["tab10"](index % 10) for index in range(len(tasks))]
+    for ax, (key, title, limits) in zip(axes, metrics, strict=True):
+        values = [agreement[task][key] for task in tasks]
+        ax.barh(range(len(tasks)), values, color=colours)
+        for row, value in enumerate(values):
+            at = value if np.isfinite(value) else 0.0
+            label = f" {value:.3f} " if np.isfinite(value) else " n/a "
+            ax.text(at, row, label, va="center", ha="right" if at < 0 else "left", fontsize=8)
+        ax.set_xlim(*limits)
+        ax.set_xticks(np.linspace(*limits, 5))
+        ax.axvline(0.0, color="k", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+    axes[0].set_yticks(range(len(tasks)), tasks)
+    axes[0].invert_yaxis()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Task-embedding similarities (Fig. 6)
+
+
+def _cosine_matrix(vectors: Tensor) -> np.ndarray:
+    unit = F.normalize(vectors.double().flatten(1), dim=1)
+    return (unit @ unit.T).clamp(-1.0, 1.0).numpy()
+
+
+@torch.no_grad()
+def task_similarity(
+    model: nn.Module, hyper: Literal["outputs", "weights"] = "outputs"
+) -> dict[str, np.ndarray]:
+    """Cosine similarities (T, T) between the tasks' representations along the routing path.
+
+    Args:
+        model: a :class:`tiger.model.TIGER`.
+        hyper: what stands for a task after the hyper-network (eq. 4).
+            ``"outputs"`` (default): the concatenation [g(t), h(t)] of the hyper-network's two task MLPs,
+            i.e. the whole task-dependent part of the query projection in its own coordinates. It is
+            informative from initialisation on (V starts at zero, so W_Q(t) - W0 is zero at first).
+            ``"weights"``: the flattened update [W_Q(t) - W0, b_Q(t) - b0] = [U diag(g(t)) V^T, h(t)],
+            i.e. the change each task makes to the query projection itself.
+
+    Returns:
+        {"instruction": of t0 (only when the model uses instructions), "task": of t = LayerNorm(t0) + p_t
+        (eq. 3), "hyper": after the hyper-network}, each float64 (T, T), symmetric with a unit diagonal
+        (a zero vector gets 0 similarity, its own included).
+    """
+    if hyper not in ("outputs", "weights"):
+        raise ValueError(f"hyper must be 'outputs' or 'weights', got {hyper!r}")
+    representation = model.task_representation
+    tasks = representation()
+    sims: dict[str, np.ndarray] = {}
+    if representation.uses_instructions:
+        sims["instruction"] = _cosine_matrix(representation.instruction_embeddings)
+    sims["task"] = _cosine_matrix(tasks)
+    network = model.hyper
+    if hyper == "outputs":
+        sims["hyper"] = _cosine_matrix(torch.cat([network.g(tasks), network.h(tasks)], dim=1))
+    else:
+        weight, bias = network.weight(tasks)
+        sims["hyper"] = _cosine_matrix(
+            torch.cat([(weight - network.w0).flatten(1), bias - network.b0], dim=1)
+        )
+    return sims
+
+
+SIMILARITY_TITLES = {
+    "instruction": "instruction embeddings t0",
+    "task": "task representation t (eq. 3)",
+    "hyper": "after the hyper-network",
+}
+
+
+def plot_task_similarity(sims: dict[str, ArrayLike], task_names: Sequence[str]) -> Figure:
+    """Side-by-side cosine-similarity heat maps with values (the paper's Fig. 6); range fixed to [-1, 1]."""
+    if not sims:
+        raise ValueError("sims is empty")
+    size = len(task_names)
+    matrices = {name: _numpy(matrix) for name, matrix in sims.items()}
+    for name, matrix in matrices.items():
+        if matrix.shape != (size, size):
+            raise ValueError(
+                f"similarity {name!r} must be ({size}, {size}) for the task names, got {matrix.shape}"
+            )
+    fig = Figure(
+        figsize=(0.6 * size * len(matrices) + 2.5 * len(matrices), 0.6 * size + 2.0), layout="constrained"
+    )
+    axes = np.atleast_1d(fig.subplots(1, len(matrices)))
+    image = None
+    for ax, (name, matrix) in zip(axes, matrices.items(), strict=True):
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        _annotate(ax, matrix, "{:.2f}", image)
+        ax.set_xticks(range(size), task_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(size), task_names, fontsize=8)
+        ax.set_title(SIMILARITY_TITLES.get(name, name), fontsize=10)
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="cosine similarity")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG (creating parent folders) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png", facecolor="white", bbox_inches="tight", pad_inches=0.1)
+    return path
