@@ -2,6 +2,7 @@
 
     python scripts/bench_step.py                                   # tiny, TIGER-B and TIGER-L
     python scripts/bench_step.py --configs tiger_l --grid 8 10 --batch 2
+    python scripts/bench_step.py --configs tiger_l --grid 32 40 --image-size 448 576 --batch 1 --steps 1
 
 Real-size configurations use the experiment configs (nyud_tiger_b / nyud_tiger_l) with random expert weights
 (``weights=null``), so nothing is downloaded.
@@ -13,8 +14,10 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
 
 from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss
@@ -55,21 +58,40 @@ def synthetic_batch(net, batch: int, size: tuple[int, int]) -> dict[str, torch.T
     return targets
 
 
-def time_step(net, criterion, images, targets, steps: int) -> float:
+def train_step(net, criterion: TigerLoss, optimizer, images, targets) -> None:
+    """One training step: forward, loss (eq. 14), backward, AdamW."""
+    output = net(images)
+    loss = criterion(net, output, targets)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def time_steps(net, criteria: dict[str, TigerLoss], images, targets, steps: int) -> dict[str, float]:
+    """Median seconds of a training step under each criterion.
+
+    The criteria alternate step by step, so a change in the machine's load hits all of them alike.
+    """
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in criteria}
     for step in range(steps + 1):
-        start = time.perf_counter()
-        output = net(images)
-        loss = criterion(net, output, targets)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        if step > 0:  # the first step warms up
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, criterion in criteria.items():
+            start = time.perf_counter()
+            train_step(net, criterion, optimizer, images, targets)
+            if images.is_cuda:
+                torch.cuda.synchronize()
+            if step > 0:  # the first step warms up
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def count_flops(net, criterion: TigerLoss, images, targets) -> int:
+    """FLOPs of one training step (matrix products, convolutions, attention; forward and backward), as
+    counted by ``torch.utils.flop_counter``: a figure that does not depend on the machine's load."""
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
+    with FlopCounterMode(display=False) as counter:
+        train_step(net, criterion, optimizer, images, targets)
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -80,8 +102,11 @@ def main() -> None:
         "--configs", nargs="+", default=["tiny", "tiger_b", "tiger_l"], choices=list(OVERRIDES)
     )
     parser.add_argument("--grid", nargs=2, type=int, default=[4, 5], help="token grid H W (real sizes)")
+    parser.add_argument(
+        "--image-size", nargs=2, type=int, default=None, help="input H W (default: 16 x the grid)"
+    )
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lambda-cf", type=float, default=0.1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -91,25 +116,37 @@ def main() -> None:
     for name in args.configs:
         grid = [4, 5] if name == "tiny" else args.grid
         net = build_tiger(**net_config(name, grid)).to(args.device)
-        size = (grid[0] * 16, grid[1] * 16)
+        size = tuple(args.image_size) if args.image_size else (grid[0] * 16, grid[1] * 16)
         images = torch.rand(args.batch, 3, *size, device=args.device)
         targets = {k: v.to(args.device) for k, v in synthetic_batch(net, args.batch, size).items()}
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in net.experts.parameters())
-        plain = time_step(net, TigerLoss(net.tasks, lambda_cf=0.0), images, targets, args.steps)
-        with_cf = time_step(net, TigerLoss(net.tasks, lambda_cf=args.lambda_cf), images, targets, args.steps)
-        rows.append((name, len(net.experts), grid, trainable, frozen, plain, with_cf))
+        criteria = {
+            "plain": TigerLoss(net.tasks, lambda_cf=0.0),
+            "cf": TigerLoss(net.tasks, lambda_cf=args.lambda_cf),
+        }
+        medians = time_steps(net, criteria, images, targets, args.steps)
+        flops = {key: count_flops(net, criterion, images, targets) for key, criterion in criteria.items()}
+        times = (medians["plain"], medians["cf"])
+        rows.append(
+            (name, len(net.experts), grid, size, trainable, frozen, times, (flops["plain"], flops["cf"]))
+        )
         del net
 
-    print(f"\ndevice={args.device} batch={args.batch} median of {args.steps} steps (after one warm-up step)")
     print(
-        f"{'config':8} {'M':>2} {'grid':>7} {'trainable':>11} {'frozen':>11} "
-        f"{'step s':>8} {'+cf s':>8} {'cf cost':>8}"
+        f"\ndevice={args.device} batch={args.batch} median of {args.steps} steps each, with and without L_cf "
+        "alternating (after one warm-up step each)"
     )
-    for name, m, grid, trainable, frozen, plain, with_cf in rows:
+    print(
+        f"{'config':8} {'M':>2} {'grid':>7} {'image':>9} {'trainable':>11} {'frozen':>11} "
+        f"{'step s':>8} {'+cf s':>8} {'cf time':>8} {'GFLOP':>9} {'+cf GFLOP':>10} {'cf FLOPs':>9}"
+    )
+    for name, m, grid, size, trainable, frozen, (plain, with_cf), (flops, flops_cf) in rows:
         print(
-            f"{name:8} {m:2d} {grid[0]:>3}x{grid[1]:<3} {trainable / 1e6:10.2f}M {frozen / 1e6:10.2f}M "
-            f"{plain:8.3f} {with_cf:8.3f} {100 * (with_cf / plain - 1):7.1f}%"
+            f"{name:8} {m:2d} {grid[0]:>3}x{grid[1]:<3} {size[0]:>4}x{size[1]:<4} "
+            f"{trainable / 1e6:10.2f}M {frozen / 1e6:10.2f}M "
+            f"{plain:8.3f} {with_cf:8.3f} {100 * (with_cf / plain - 1):7.1f}% "
+            f"{flops / 1e9:9.2f} {flops_cf / 1e9:10.2f} {100 * (flops_cf / flops - 1):8.1f}%"
         )
 
 

@@ -139,6 +139,8 @@ def test_total_loss_is_eq_14(model):
     terms = criterion(model, output, targets())
     expected = sum(weights[name] * terms[name] for name in weights) + 0.5 * terms["cf"]
     torch.testing.assert_close(terms["loss"], expected)
+    # the counterfactual reuses the task losses of the forward pass: the same value as from scratch
+    torch.testing.assert_close(terms["cf"], criterion.counterfactual(model, output, targets()))
     assert "cf" not in TigerLoss(tasks, lambda_cf=0.0)(model, output, targets())
     with pytest.raises(ValueError, match="the model's tasks"):
         TigerLoss(tasks[:2], lambda_cf=0.5)(model, output, targets())
@@ -149,6 +151,8 @@ def test_ablation_switches(model):
     assert plain.expert_interaction is None and plain.task_interaction is None
     assert plain(torch.rand(1, 3, *SIZE)).alpha.shape == (1, 4, 3, 12)
     assert not plain.task_representation.uses_instructions
+    deep = tiny_tiger(expert_interaction_layers=2, task_interaction_layers=1)
+    assert len(deep.expert_interaction.layers.layers) == 2 and len(deep.task_interaction.layers.layers) == 1
 
 
 def test_bad_input_is_a_clear_error(model):

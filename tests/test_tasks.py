@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tiger.tasks import TASK_NAMES, make_task, palette
+from tiger.tasks import TASK_NAMES, make_task, palette, unit_vectors
 
 
 def test_channels_per_task():
@@ -47,3 +47,18 @@ def test_voc_palette():
     assert colours[0].tolist() == [0, 0, 0]
     assert colours[1].tolist() == [128, 0, 0]
     assert colours[15].tolist() == [192, 128, 128]  # person
+
+
+def test_unit_vectors_match_torch_normalize_in_values_and_gradients():
+    vectors = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    vectors[0, :, 0, 0] = 0.0  # a zero vector stays zero, with a finite gradient
+    vectors[1, :, 1, 1] = torch.tensor([3.0, 0.0, 4.0])
+    ours = vectors.clone().requires_grad_()
+    reference = vectors.clone().requires_grad_()
+    weights = torch.randn_like(vectors)
+    (unit_vectors(ours) * weights).sum().backward()
+    (torch.nn.functional.normalize(reference, dim=1) * weights).sum().backward()
+    torch.testing.assert_close(unit_vectors(vectors), torch.nn.functional.normalize(vectors, dim=1))
+    torch.testing.assert_close(ours.grad, reference.grad)
+    assert unit_vectors(vectors)[1, :, 1, 1].tolist() == pytest.approx([0.6, 0.0, 0.8])
+    assert unit_vectors(vectors)[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]

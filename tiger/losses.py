@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from tiger.tasks import IGNORE_INDEX, Task
+from tiger.tasks import IGNORE_INDEX, Task, unit_vectors
 
 EDGE_POSITIVE_WEIGHT = 0.95
 
@@ -43,7 +43,7 @@ def pixel_loss(task: Task, logits: Tensor, target: Tensor) -> tuple[Tensor, Tens
         w = EDGE_POSITIVE_WEIGHT  # balanced BCE: -(w y log s + (1 - w)(1 - y) log(1 - s))
         loss = w * y * F.softplus(-x) + (1 - w) * (1 - y) * F.softplus(x)
     elif task.name == "normals":
-        loss = (F.normalize(logits, dim=1) - target).abs().sum(1)
+        loss = (unit_vectors(logits) - target).abs().sum(1)
     elif task.name == "depth":
         loss = (logits - target).abs()[:, 0]
     else:
@@ -133,22 +133,33 @@ class TigerLoss(nn.Module):
         Returns:
             {"loss": total, "<task>": L_task, "cf": L_cf (when lambda_cf > 0)}.
         """
-        terms = {
-            task.name: task_loss(task, output.predictions[task.name], targets[task.name])
+        pixels = {
+            task.name: pixel_loss(task, output.predictions[task.name], targets[task.name])
             for task in self.tasks
+        }
+        terms = {
+            name: (loss * weight).sum() / weight.sum().clamp_min(1e-6)
+            for name, (loss, weight) in pixels.items()
         }
         total = sum(task.weight * terms[task.name] for task in self.tasks)  # eq. 14, task part
         if self.lambda_cf > 0 and output.alpha.shape[2] > 1:
-            terms["cf"] = self.counterfactual(model, output, targets)
+            terms["cf"] = self.counterfactual(model, output, targets, pixels)
             total = total + self.lambda_cf * terms["cf"]  # eq. 14
         terms["loss"] = total
         return terms
 
     @torch.no_grad()
     def counterfactual_delta(
-        self, model: nn.Module, output, targets: Mapping[str, Tensor]
+        self,
+        model: nn.Module,
+        output,
+        targets: Mapping[str, Tensor],
+        full_losses: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Delta_{k,n}(t) for every expert, task and token, from one batched pass without autograd (eq. 8).
+
+        Args:
+            full_losses: the full model's {task: :func:`pixel_loss` output}, when already computed.
 
         Returns:
             delta: (B, T, M, N) loss increase when expert k's routed contribution is removed, pooled to the
@@ -172,7 +183,10 @@ class TigerLoss(nn.Module):
         deltas, valids = [], []
         for task in self.tasks:
             target = targets[task.name]
-            full, weight = pixel_loss(task, output.predictions[task.name].detach(), target)
+            if full_losses is None:
+                full, weight = pixel_loss(task, output.predictions[task.name], target)
+            else:
+                full, weight = (value.detach() for value in full_losses[task.name])
             repeated = target.repeat(experts, *([1] * (target.ndim - 1)))
             removed_loss, _ = pixel_loss(task, counterfactual[task.name], repeated)
             delta = rearrange(removed_loss, "(m b) h w -> b m h w", m=experts) - full[:, None]  # eq. 8
@@ -183,9 +197,15 @@ class TigerLoss(nn.Module):
             valids.append(valid[:, 0].flatten(1))
         return torch.stack(deltas, 1), torch.stack(valids, 1)
 
-    def counterfactual(self, model: nn.Module, output, targets: Mapping[str, Tensor]) -> Tensor:
+    def counterfactual(
+        self,
+        model: nn.Module,
+        output,
+        targets: Mapping[str, Tensor],
+        full_losses: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
         """L_cf: JSD between the causal importance p (a fixed target) and the routing alpha (eq. 8-13)."""
-        delta, valid = self.counterfactual_delta(model, output, targets)
+        delta, valid = self.counterfactual_delta(model, output, targets, full_losses)
         p = causal_importance(delta, self.tau, self.eps, dim=2)  # eq. 9-10, no gradient
         per_token = jensen_shannon(p, output.alpha, dim=2)  # eq. 11-12, q = alpha
         return (per_token * valid).sum() / valid.sum().clamp_min(1)  # eq. 13

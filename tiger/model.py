@@ -64,7 +64,10 @@ class TIGER(nn.Module):
         query_width: channels of the query encoder.
         expert_interaction: expert-interactive attention before routing (Sec. 3.4).
         task_interaction: task-interactive attention after routing (Sec. 3.4).
-        interaction_layers: transformer layers in each interaction module.
+        expert_interaction_layers: transformer layers of the expert interaction (before routing: run once
+            per step).
+        task_interaction_layers: transformer layers of the task interaction (after routing: re-run for each
+            expert by the counterfactual objective, so it costs M times more there).
         num_heads: attention heads in each interaction module.
         decoder_width: channels of the shared decoder's first block.
         decoder_upsamples: 2x upsampling stages of the shared decoder.
@@ -85,7 +88,8 @@ class TIGER(nn.Module):
         query_width: int = 64,
         expert_interaction: bool = True,
         task_interaction: bool = True,
-        interaction_layers: int = 1,
+        expert_interaction_layers: int = 1,
+        task_interaction_layers: int = 1,
         num_heads: int = 8,
         decoder_width: int = 256,
         decoder_upsamples: int = 2,
@@ -108,14 +112,16 @@ class TIGER(nn.Module):
             ExpertProjection(expert.channels, dim, projection_hidden) for expert in experts
         )
         self.expert_interaction = (
-            SetAttention(len(experts), dim, num_heads, interaction_layers) if expert_interaction else None
+            SetAttention(len(experts), dim, num_heads, expert_interaction_layers)
+            if expert_interaction
+            else None
         )
         self.task_representation = TaskRepresentation(instruction_embeddings, len(tasks), task_dim)
         self.query_encoder = QueryEncoder(dim, query_width)
         self.hyper = HyperQueryProjection(dim, self.task_representation.dim, rank, hyper_hidden)
         self.router = TokenRouter()
         self.task_interaction = (
-            SetAttention(len(tasks), dim, num_heads, interaction_layers) if task_interaction else None
+            SetAttention(len(tasks), dim, num_heads, task_interaction_layers) if task_interaction else None
         )
         self.decoder = SharedDecoder(dim, decoder_width, decoder_upsamples)
         self.heads = TaskHeads(tasks, self.decoder.out_channels)

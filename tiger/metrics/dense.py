@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from tiger.tasks import IGNORE_INDEX
+from tiger.tasks import IGNORE_INDEX, unit_vectors
 
 SALIENCY_THRESHOLDS = torch.arange(1, 20, dtype=torch.float64) / 20  # 0.05, 0.10, ..., 0.95
 NORMAL_ANGLES = (11.25, 22.5, 30.0)
@@ -140,8 +140,8 @@ class NormalsError(Metric):
         if prediction.ndim == 3:
             prediction, target = prediction[None], target[None]
         valid = target.abs().sum(1) > 0
-        p = torch.nn.functional.normalize(prediction.double(), dim=1).permute(0, 2, 3, 1)[valid]
-        g = torch.nn.functional.normalize(target.double(), dim=1).permute(0, 2, 3, 1)[valid]
+        p = unit_vectors(prediction.double()).permute(0, 2, 3, 1)[valid]
+        g = unit_vectors(target.double()).permute(0, 2, 3, 1)[valid]
         angle = torch.rad2deg(2 * torch.atan2((p - g).norm(dim=1), (p + g).norm(dim=1)))
         self.total += angle.sum()
         self.squared += (angle**2).sum()
