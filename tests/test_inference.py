@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +17,6 @@ from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
 from tiger.losses import TigerLoss, causal_importance
 from tiger.tasks import NUM_HUMAN_PARTS
 from tiger.viz import expert_usage, routing_agreement
-
-
-def _fixtures():
-    name = "tiger_tests_fixtures_checkpoint"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_checkpoint.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny_checkpoint = _fixtures().tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ the notebooks are stored without outputs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import nbformat
@@ -13,21 +11,6 @@ import pytest
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from PIL import Image
-
-
-def _fixtures():
-    name = "tiger_tests_fixtures_checkpoint"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_checkpoint.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny_checkpoint = _fixtures().tiny_checkpoint
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {
@@ -49,11 +32,11 @@ def test_every_notebook_is_listed_and_stored_without_outputs() -> None:
 
 
 @pytest.fixture(scope="module")
-def kernel(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+def kernel(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, offline_env):
     """One python3 kernel for all notebooks (each starts from a cleared namespace, see below), with
     ``TIGER_CHECKPOINT`` set to the tiny checkpoint and ``TIGER_NOTEBOOK_OUT`` to a temporary folder."""
     workdir = tmp_path_factory.mktemp("notebooks")
-    env = _fixtures().offline_env()
+    env = offline_env()
     env.update(TIGER_CHECKPOINT=str(tiny_checkpoint), TIGER_NOTEBOOK_OUT=str(workdir / "figures"))
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(cwd=str(workdir), env=env)

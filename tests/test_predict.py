@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import subprocess
 import sys
@@ -19,21 +18,6 @@ from tiger.evaluate import evaluate_folder
 from tiger.inference import load_model
 from tiger.predict import main
 from tiger.viz import colorize
-
-
-def _fixtures():
-    name = "tiger_tests_fixtures_checkpoint"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fixtures_checkpoint.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tiny_checkpoint = _fixtures().tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +127,7 @@ def test_cli_rejects_bad_usage(tiny_checkpoint: Path, image_folder: Path, tmp_pa
     assert not out.exists()
 
 
-def test_cli_on_a_foreign_checkpoint_exits_2(image_folder: Path, tmp_path: Path) -> None:
+def test_cli_on_a_foreign_checkpoint_exits_2(image_folder: Path, tmp_path: Path, offline_env) -> None:
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     result = subprocess.run(
@@ -158,7 +142,7 @@ def test_cli_on_a_foreign_checkpoint_exits_2(image_folder: Path, tmp_path: Path)
         ],
         capture_output=True,
         text=True,
-        env=_fixtures().offline_env(),
+        env=offline_env(),
         timeout=300,
     )
     assert result.returncode == 2, result.stderr
