@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MPLBACKEND": "Agg",
+}
+for key, value in OFFLINE.items():
+    os.environ.setdefault(key, value)
 
 TRAIN_OVERRIDES = (  # as small as a real run gets: 2 steps of 2 images, validation and a checkpoint each
     "trainer.max_steps=2",
@@ -33,10 +37,7 @@ TRAIN_OVERRIDES = (  # as small as a real run gets: 2 steps of 2 images, validat
 
 def subprocess_env() -> dict[str, str]:
     """The environment for subprocesses: offline, on the CPU, no GUI backend."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
-    env.setdefault("CUDA_VISIBLE_DEVICES", "")
-    return env
+    return {"CUDA_VISIBLE_DEVICES": "", **os.environ, **OFFLINE}
 
 
 def train_tiny_checkpoint(run_dir: Path) -> Path:

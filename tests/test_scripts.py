@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,18 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str) -> str:
+def run_script(env: dict[str, str], name: str, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / name), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
-def test_bench_step_counts_the_counterfactual_flops_on_the_tiny_model():
-    out = run_script("bench_step.py", "--configs", "tiny", "--steps", "1")
+def test_bench_step_counts_the_counterfactual_flops_on_the_tiny_model(offline_env):
+    out = run_script(offline_env(), "bench_step.py", "--configs", "tiny", "--steps", "1")
     row = next(line for line in out.splitlines() if line.startswith("tiny "))
     numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", row)]
     trainable, frozen, plain_s, cf_s, _, flops, flops_cf, flops_pct = numbers
@@ -32,15 +30,17 @@ def test_bench_step_counts_the_counterfactual_flops_on_the_tiny_model():
     assert abs(flops_pct - 100 * (flops_cf / flops - 1)) < 1.0
 
 
-def test_bench_boundary_scores_its_synthetic_maps():
-    out = run_script("bench_boundary.py", "--n", "3", "--size", "60", "80", "--workers", "1")
+def test_bench_boundary_scores_its_synthetic_maps(offline_env):
+    out = run_script(offline_env(), "bench_boundary.py", "--n", "3", "--size", "60", "80", "--workers", "1")
     ods = float(re.search(r"ODS-F (\d+\.\d+)", out).group(1))
     ois = float(re.search(r"OIS-F (\d+\.\d+)", out).group(1))
     assert 0 < ods <= ois <= 100  # the per-image best threshold can only do better than the data-set one
     assert "3 images x 101 thresholds" in out
 
 
-def test_bench_data_reports_throughputs():
-    out = run_script("bench_data.py", "--seconds", "0.5", "--nyud-images", "4", "--workers", "0")
+def test_bench_data_reports_throughputs(offline_env):
+    out = run_script(
+        offline_env(), "bench_data.py", "--seconds", "0.5", "--nyud-images", "4", "--workers", "0"
+    )
     rates = [float(x) for x in re.findall(r"(\d+\.\d+)  (?:scenes|samples)/s", out)]
     assert len(rates) == 3 and all(rate > 0 for rate in rates), out

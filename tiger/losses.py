@@ -51,10 +51,14 @@ def pixel_loss(task: Task, logits: Tensor, target: Tensor) -> tuple[Tensor, Tens
     return loss * weight.ne(0), weight
 
 
+def weighted_mean(loss: Tensor, weight: Tensor) -> Tensor:
+    """The scalar task loss from :func:`pixel_loss` output: ``sum(loss * weight) / sum(weight)``."""
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
 def task_loss(task: Task, logits: Tensor, target: Tensor) -> Tensor:
     """The scalar task loss L_task^(j): the weighted mean of :func:`pixel_loss` over valid pixels."""
-    loss, weight = pixel_loss(task, logits, target)
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-6)
+    return weighted_mean(*pixel_loss(task, logits, target))
 
 
 def jensen_shannon(p: Tensor, q: Tensor, dim: int) -> Tensor:
@@ -133,20 +137,21 @@ class TigerLoss(nn.Module):
         Returns:
             {"loss": total, "<task>": L_task, "cf": L_cf (when lambda_cf > 0)}.
         """
-        pixels = {
-            task.name: pixel_loss(task, output.predictions[task.name], targets[task.name])
-            for task in self.tasks
-        }
-        terms = {
-            name: (loss * weight).sum() / weight.sum().clamp_min(1e-6)
-            for name, (loss, weight) in pixels.items()
-        }
+        pixels = self.pixel_losses(output, targets)
+        terms = {name: weighted_mean(loss, weight) for name, (loss, weight) in pixels.items()}
         total = sum(task.weight * terms[task.name] for task in self.tasks)  # eq. 14, task part
         if self.lambda_cf > 0 and output.alpha.shape[2] > 1:
             terms["cf"] = self.counterfactual(model, output, targets, pixels)
             total = total + self.lambda_cf * terms["cf"]  # eq. 14
         terms["loss"] = total
         return terms
+
+    def pixel_losses(self, output, targets: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """{task: :func:`pixel_loss` of the full model's prediction}."""
+        return {
+            task.name: pixel_loss(task, output.predictions[task.name], targets[task.name])
+            for task in self.tasks
+        }
 
     @torch.no_grad()
     def counterfactual_delta(
@@ -159,7 +164,7 @@ class TigerLoss(nn.Module):
         """Delta_{k,n}(t) for every expert, task and token, from one batched pass without autograd (eq. 8).
 
         Args:
-            full_losses: the full model's {task: :func:`pixel_loss` output}, when already computed.
+            full_losses: :meth:`pixel_losses` of ``output`` when the caller has them (computed otherwise).
 
         Returns:
             delta: (B, T, M, N) loss increase when expert k's routed contribution is removed, pooled to the
@@ -180,13 +185,11 @@ class TigerLoss(nn.Module):
         removed = rearrange(removed, "b t m n d -> (m b) t n d")
         size = next(iter(output.predictions.values())).shape[-2:]
         counterfactual = model.decode(removed, state.grid, size)
+        full_losses = full_losses or self.pixel_losses(output, targets)
         deltas, valids = [], []
         for task in self.tasks:
             target = targets[task.name]
-            if full_losses is None:
-                full, weight = pixel_loss(task, output.predictions[task.name], target)
-            else:
-                full, weight = (value.detach() for value in full_losses[task.name])
+            full, weight = full_losses[task.name]
             repeated = target.repeat(experts, *([1] * (target.ndim - 1)))
             removed_loss, _ = pixel_loss(task, counterfactual[task.name], repeated)
             delta = rearrange(removed_loss, "(m b) h w -> b m h w", m=experts) - full[:, None]  # eq. 8
