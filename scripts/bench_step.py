@@ -11,6 +11,7 @@ Real-size configurations use the experiment configs (nyud_tiger_b / nyud_tiger_l
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lambda-cf", type=float, default=0.1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write the exact figures (FLOP counts, seconds) here")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -148,6 +150,9 @@ def main() -> None:
             f"{plain:8.3f} {with_cf:8.3f} {100 * (with_cf / plain - 1):7.1f}% "
             f"{flops / 1e9:9.2f} {flops_cf / 1e9:10.2f} {100 * (flops_cf / flops - 1):8.1f}%"
         )
+    if args.json:
+        fields = ("config", "experts", "grid", "image", "trainable", "frozen", "seconds", "flops")
+        args.json.write_text(json.dumps([dict(zip(fields, row, strict=True)) for row in rows], indent=2))
 
 
 if __name__ == "__main__":
