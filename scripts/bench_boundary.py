@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tiger.metrics.boundary import evaluate_boundaries
-from tiger.metrics.boundary_ops import boundaries_from_labels
+from tiger.metrics.boundary_ops import seg2bmap
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
@@ -37,14 +37,12 @@ def synthetic_pair(seed: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.nd
     """One (prediction uint8 (H, W), ground-truth boundary bool (H, W)) pair; ODS about 0.75-0.8."""
     rng = np.random.default_rng(seed)
     labels = _regions(rng, shape, 40)
-    truth = boundaries_from_labels(labels)
+    truth = seg2bmap(labels)
     rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
     shift = [ndi.gaussian_filter(rng.standard_normal(shape), 25) * 150 for _ in range(2)]
     warped = ndi.map_coordinates(labels, [rows + shift[0], cols + shift[1]], order=0, mode="nearest")
-    detected = boundaries_from_labels(warped) * np.clip(_smooth_field(rng, shape, 50) * 1.6 - 0.3, 0, 1)
-    texture = boundaries_from_labels(_regions(rng, shape, 22)) * np.clip(
-        _smooth_field(rng, shape, 45) * 1.5 - 0.6, 0, 1
-    )
+    detected = seg2bmap(warped) * np.clip(_smooth_field(rng, shape, 50) * 1.6 - 0.3, 0, 1)
+    texture = seg2bmap(_regions(rng, shape, 22)) * np.clip(_smooth_field(rng, shape, 45) * 1.5 - 0.6, 0, 1)
     response = ndi.gaussian_filter(np.maximum(detected, 0.8 * texture), 1.5) * 3.0
     response += 0.08 * ndi.gaussian_filter(rng.random(shape), 1.0)
     probability = 1.0 / (1.0 + np.exp(-(7.0 * response - 4.0)))

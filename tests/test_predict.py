@@ -16,7 +16,7 @@ from PIL import Image
 from tiger.data import write_nyud_tree
 from tiger.evaluate import evaluate_folder
 from tiger.inference import load_model
-from tiger.predict import main
+from tiger.predict import main, read_image
 from tiger.viz import colorize
 
 
@@ -170,3 +170,13 @@ def test_cli_output_is_scored_by_evaluate(tiny_checkpoint: Path, tmp_path: Path)
     assert set(results) == set(tasks)
     assert 0.0 <= results["semseg"]["mIoU"] <= 100.0 and results["depth"]["rmse"] > 0
     assert all(np.isfinite(value) for metrics in results.values() for value in metrics.values())
+
+
+def test_a_16_bit_grey_png_is_scaled_not_white(tmp_path):
+    values = np.array([[0, 25700], [51400, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    image, mode = read_image(tmp_path / "grey16.png")
+    assert mode == "I;16"
+    np.testing.assert_array_equal(
+        image, np.repeat(np.array([[0, 100], [200, 255]], np.uint8)[..., None], 3, -1)
+    )

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tiger.tasks import TASK_NAMES, make_task, palette, unit_vectors
+from tiger.tasks import TASK_NAMES, make_task, metric_target, palette, unit_vectors
 
 
 def test_channels_per_task():
@@ -62,3 +62,15 @@ def test_unit_vectors_match_torch_normalize_in_values_and_gradients():
     torch.testing.assert_close(ours.grad, reference.grad)
     assert unit_vectors(vectors)[1, :, 1, 1].tolist() == pytest.approx([0.6, 0.0, 0.8])
     assert unit_vectors(vectors)[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_metric_target_is_the_seism_ground_truth_for_edges_and_never_falls_back():
+    batch = {
+        "edge": torch.zeros(1, 2, 2),
+        "edge_seism": torch.ones(1, 2, 2, dtype=torch.uint8),
+        "depth": torch.ones(1),
+    }
+    assert metric_target("edge", batch) is batch["edge_seism"]
+    assert metric_target("depth", batch) is batch["depth"]
+    with pytest.raises(KeyError, match="no 'edge_seism', the metric ground truth of task 'edge'"):
+        metric_target("edge", {"edge": batch["edge"]})

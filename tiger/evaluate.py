@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from tiger.data import build_dataset
 from tiger.metrics import build_metric, format_table
-from tiger.tasks import Task, make_task
+from tiger.tasks import Task, make_task, metric_target
 
 
 def read_prediction(folder: Path, task: Task, sample_id: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -62,7 +62,7 @@ def evaluate_folder(
         shape = tuple(sample["image"].shape[-2:])
         for task in task_list:
             prediction = read_prediction(predictions, task, sample_id, shape)
-            metrics[task.name].update(prediction, sample[task.name][None])
+            metrics[task.name].update(prediction, metric_target(task.name, sample)[None])
     return {name: {k: float(v) for k, v in metric.compute().items()} for name, metric in metrics.items()}
 
 

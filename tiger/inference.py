@@ -38,6 +38,7 @@ from torch import Tensor
 
 from tiger.analysis import RoutingReport, counterfactual_importance, expert_usage, routing_agreement
 from tiger.build import build_tiger, expert_specs
+from tiger.data.common import image_to_rgb
 from tiger.model import TIGER, TigerOutput
 from tiger.nn import QueryEncoder
 from tiger.tasks import Task
@@ -486,7 +487,7 @@ def _to_user_units(task: Task, prediction: Tensor) -> np.ndarray:
 def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:
     """One image -> (3, H, W) float32 in [0, 1]; see :meth:`Predictor.predict` for what is accepted."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        image = image_to_rgb(image, f"image {index}")  # 16-bit grey scaled, unknown modes refused
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 2:

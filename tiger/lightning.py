@@ -15,6 +15,7 @@ from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss, task_loss
 from tiger.metrics import build_metric
 from tiger.model import REMOVALS
+from tiger.tasks import metric_target
 
 CHECKPOINT_FORMAT = 1
 
@@ -109,7 +110,7 @@ class TigerModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
         for task in self.net.tasks:
             self.val_metrics[task.name].update(
-                task.postprocess(output.predictions[task.name]), targets[task.name]
+                task.postprocess(output.predictions[task.name]), metric_target(task.name, batch)
             )
         importance = {}
         for removal in self.routing_stats.removals:

@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from tiger.data.common import image_to_rgb
 from tiger.inference import Prediction, Predictor, load_model
 from tiger.tasks import Task
 from tiger.viz import colorize, plot_routing, save_figure
@@ -160,7 +161,7 @@ def read_image(path: Path) -> tuple[np.ndarray, str]:
     with Image.open(path) as image:
         mode = image.mode
         upright = ImageOps.exif_transpose(image)
-        return np.asarray(upright.convert("RGB")), mode
+        return image_to_rgb(upright, path), mode
 
 
 def save_raw(task: Task, prediction: np.ndarray, path: Path) -> None:

@@ -13,6 +13,10 @@ depth         (B, 1, H, W)        float (m)    == 0
 normals       (B, 3, H, W)        float        all three components == 0
 ============  ==================  ===========  ==========================================
 
+A task of :data:`METRIC_TARGET_KEYS` is scored against another ground truth than its training target:
+``edge`` against ``edge_seism`` (B, H, W) uint8 {0, 1}, 255 = padding, SEISM's ``seg2bmap`` of the
+data set's label image (:func:`metric_target` picks it).
+
 Model outputs are raw logits (B, C, H, W) with ``C = Task.channels``; :meth:`Task.postprocess` turns
 them into predictions in the user's units (class maps, metres, unit normals, probabilities), which is
 what the metrics and the prediction CLI consume.
@@ -20,7 +24,9 @@ what the metrics and the prediction CLI consume.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +46,21 @@ DEFAULT_INSTRUCTIONS: dict[str, str] = {
 }
 
 NUM_HUMAN_PARTS = 7
+
+METRIC_TARGET_KEYS: dict[str, str] = {"edge": "edge_seism"}
+"""Task -> the batch key of its metric's ground truth, where that is not the training target."""
+
+
+def metric_target(task_name: str, batch: Mapping[str, Any]) -> Tensor:
+    """The ground truth that ``task_name``'s metric scores against: ``batch[METRIC_TARGET_KEYS[task]]`` or
+    ``batch[task]``. A missing key is a ``KeyError`` naming it (never a silent fall-back)."""
+    key = METRIC_TARGET_KEYS.get(task_name, task_name)
+    if key not in batch:
+        raise KeyError(
+            f"the batch has no {key!r}, the metric ground truth of task {task_name!r}; it has keys "
+            f"{sorted(batch)} (the data sets of tiger.data provide it)"
+        )
+    return batch[key]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from tiger.data import CorruptFileError, DatasetLayoutError, LabelShapeError, NYUDv2
+from tiger.data.common import InvalidLabelWarning
 from tiger.data.synthetic import NYUD_CLASS_IDS, nyud_border
 from tiger.data.transforms import EvalTransform, TrainTransform, rescale
 
@@ -157,3 +158,44 @@ def test_wrong_shape_label_is_named(nyud_atrc, tmp_path):
         dataset.load_raw(0)
     with pytest.raises(LabelShapeError, match=r"semseg label .*0002.png has shape \(40, 64\)"):
         dataset.load_raw(1)
+
+
+@pytest.mark.parametrize("packaging", ["atrc", "invpt"])
+def test_boundary_metric_ground_truth_is_seg2bmap_of_the_edge_file(
+    packaging, nyud_atrc, nyud_invpt, seg2bmap_by_definition
+):
+    """As SEISM's db_gt.m reads it: the edge file as a label image, then seg2bmap (the metric thins)."""
+    tree = nyud_atrc if packaging == "atrc" else nyud_invpt
+    dataset = NYUDv2(tree.root, "val", TASKS)
+    for index, image_id in enumerate(dataset.ids):
+        if packaging == "atrc":
+            labels = np.load(tree.root / "edge" / f"{image_id}.npy")
+        else:
+            labels = np.asarray(Image.open(tree.root / "edge" / f"{image_id}.png")).astype(np.uint32)
+        raw = dataset.load_raw(index)
+        assert raw["edge_seism"].dtype == np.uint8
+        np.testing.assert_array_equal(raw["edge_seism"], seg2bmap_by_definition(labels))
+        assert raw["edge_seism"].any() and not np.array_equal(raw["edge_seism"], raw["edge"])
+    sample = NYUDv2(tree.root, "val", TASKS, transform=EvalTransform((56, 64)))[0]
+    assert sample["edge_seism"].dtype == torch.uint8 and (sample["edge_seism"][:4] == 255).all()
+    np.testing.assert_array_equal(sample["edge_seism"][4:52].numpy(), dataset.load_raw(0)["edge_seism"])
+    assert "edge_seism" not in NYUDv2(tree.root, "val", ["depth"]).load_raw(0)
+
+
+def test_negative_depth_is_invalid_with_a_warning(nyud_atrc, tmp_path):
+    """The protocol, the loss, the metric and the reference evaluators ignore depth <= 0."""
+    root = copy_tree(nyud_atrc, tmp_path)
+    depth = np.load(root / "depth" / "0001.npy")
+    depth[5:7, 10:15] = -0.5
+    np.save(root / "depth" / "0001.npy", depth)
+    dataset = NYUDv2(root, "train", ["depth"])
+    with pytest.warns(
+        InvalidLabelWarning, match=r"depth/0001.npy: 10 negative depth values, treated as invalid"
+    ):
+        loaded = dataset.load_raw(0)["depth"]
+    assert (loaded[5:7, 10:15] == 0).all() and (loaded >= 0).all()
+    np.testing.assert_array_equal(loaded[depth >= 0], depth[depth >= 0])
+    depth[0, 0] = np.nan
+    np.save(root / "depth" / "0001.npy", depth)
+    with pytest.raises(CorruptFileError, match="0001.npy: depth has 1 NaN or infinite values"):
+        dataset.load_raw(0)

@@ -70,12 +70,19 @@ def test_written_mat_has_the_reference_layout(pascal_tree):
     assert others and all(len(o[3]) == 0 for o in others)
 
 
-def test_parts_cache_is_written_on_first_use(pascal_tree):
-    cache = pascal_tree.root / "ImageSets" / "Parts" / "val.txt"
-    assert not cache.exists()
+def tree_files(root) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()
+    }
+
+
+def test_parts_cache_goes_to_the_user_cache_never_into_the_data_set(pascal_tree, user_cache):
+    before = tree_files(pascal_tree.root)
     PascalContext(pascal_tree.root, "val", ["semseg"])
-    assert not cache.exists()  # only human_parts needs it
+    assert not user_cache.exists()  # only human_parts needs it
     dataset = PascalContext(pascal_tree.root, "val", ["human_parts"])
+    cache = dataset.parts_cache()
+    assert cache.is_relative_to(user_cache / "pascal_parts") and cache.name == "val.txt"
     categories = json.loads(cache.read_text())
     assert sorted(categories) == sorted(dataset.ids)
     for image_id, ids in categories.items():
@@ -84,25 +91,45 @@ def test_parts_cache_is_written_on_first_use(pascal_tree):
             VOC_CLASS_IDS[scene.instance_class[i]] for i in sorted(set(np.unique(scene.instance).tolist()))
         ]
         assert ids == [int(v) for v in visible if v > 0]
-    # a stale cache (other ids) is rebuilt; a corrupt one is named
+    assert tree_files(pascal_tree.root) == before  # nothing written into the data folder
+    # our cache is reused; a stale one (other ids) is rebuilt; a corrupt one is named
     cache.write_text(json.dumps({"other": [15]}))
     PascalContext(pascal_tree.root, "val", ["human_parts"])
     assert sorted(json.loads(cache.read_text())) == sorted(dataset.ids)
     cache.write_text("{not json")
-    with pytest.raises(CorruptFileError, match="Parts/val.txt is not valid JSON"):
+    with pytest.raises(CorruptFileError, match="pascal_parts/.*/val.txt is not valid JSON"):
         PascalContext(pascal_tree.root, "val", ["human_parts"])
+    # cache_dir= puts it elsewhere (e.g. the run folder)
+    elsewhere = PascalContext(
+        pascal_tree.root, "val", ["human_parts"], cache_dir=pascal_tree.root.parent / "run"
+    )
+    assert elsewhere.parts_cache().is_file() and elsewhere.parts_cache().is_relative_to(
+        pascal_tree.root.parent
+    )
+    assert tree_files(pascal_tree.root) == before
 
 
-def test_the_cache_decides_who_has_people(pascal_tree):
-    """As in the reference code, an image whose cache entry has no 15 is all background."""
-    dataset = PascalContext(pascal_tree.root, "train", ["human_parts"])
-    cache = pascal_tree.root / "ImageSets" / "Parts" / "train.txt"
-    categories = json.loads(cache.read_text())
-    first = dataset.ids[0]
+def test_a_shipped_parts_file_is_read_and_never_rewritten(pascal_tree, user_cache):
+    """The data set's own ImageSets/Parts/<split>.txt decides who has people, as in the reference code."""
+    categories = {
+        i: c
+        for i, c in json.loads(
+            PascalContext(pascal_tree.root, "train", ["human_parts"]).parts_cache().read_text()
+        ).items()
+    }
+    first = pascal_tree.splits["train"][0]
+    assert PERSON_CLASS in categories[first]
     categories[first] = [c for c in categories[first] if c != PERSON_CLASS]
-    cache.write_text(json.dumps(categories))
+    shipped = pascal_tree.root / "ImageSets" / "Parts" / "train.txt"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_text(json.dumps(categories))
     dataset = PascalContext(pascal_tree.root, "train", ["human_parts"])
     assert not dataset.has_person[0] and not dataset.load_raw(0)["human_parts"].any()
+    # a shipped file that does not fit the split is left as it is, and our cache is used instead
+    stale = json.dumps({"other": [15]})
+    shipped.write_text(stale)
+    dataset = PascalContext(pascal_tree.root, "train", ["human_parts"])
+    assert dataset.has_person[0] and shipped.read_text() == stale
 
 
 def test_normals_masked_by_label_map(dataset, pascal_tree):
@@ -210,3 +237,16 @@ def test_only_people_with_parts_count(tmp_path):
         LabelShapeError, match=r"human_parts .*x.mat has shape \(4, 6\), expected .* \(5, 6\)"
     ):
         decode_human_parts(tmp_path / "x.mat", (5, 6))
+
+
+def test_boundary_metric_ground_truth_is_seg2bmap_of_the_label_map(
+    dataset, pascal_tree, seg2bmap_by_definition
+):
+    """SEISM's PASCALContext ground truth is the LabelMap (relabelled, which keeps its boundaries)."""
+    for index, image_id in enumerate(dataset.ids):
+        label_map = scipy.io.loadmat(pascal_tree.root / "pascal-context" / "trainval" / f"{image_id}.mat")[
+            "LabelMap"
+        ]
+        raw = dataset.load_raw(index)
+        np.testing.assert_array_equal(raw["edge_seism"], seg2bmap_by_definition(label_map))
+        assert raw["edge_seism"].any() and not np.array_equal(raw["edge_seism"], raw["edge"])

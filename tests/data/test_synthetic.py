@@ -32,6 +32,13 @@ def test_dataset_is_deterministic_and_consistent():
     assert sample["image"].dtype == torch.float32 and sample["edge"].dtype == torch.float32
 
 
+def test_boundary_metric_ground_truth_is_seg2bmap_of_the_instances(seg2bmap_by_definition):
+    sample = SyntheticScenes(2, size=(32, 40), tasks=["edge"], seed=11)[1]
+    expected = seg2bmap_by_definition(generate_scene(11, 1, (32, 40)).instance)
+    np.testing.assert_array_equal(sample["edge_seism"].numpy(), expected)
+    assert sample["edge_seism"].dtype == torch.uint8 and expected.any()
+
+
 def test_first_index_and_task_subsets():
     shifted = SyntheticScenes(2, size=(32, 40), tasks=["depth"], seed=1, first_index=3)
     raw = shifted.load_raw(1)

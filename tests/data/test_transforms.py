@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from tiger.data.transforms import (
+    IMAGE_PAD_COLOUR,
     EvalTransform,
     TrainTransform,
     center_pad,
@@ -75,7 +77,12 @@ def test_center_pad_values_and_valid_box():
         np.testing.assert_array_equal(out[key][inside], raw[key])
         outside = np.ones((10, 12), dtype=bool)
         outside[inside] = False
-        expected = 0 if key in ("image", "depth", "normals") else 255
+        if key == "image":  # the uint8 image: the ImageNet mean colour, round(255 * mean)
+            np.testing.assert_array_equal(
+                out[key][outside], np.broadcast_to([124, 116, 104], (outside.sum(), 3))
+            )
+            continue
+        expected = 0 if key in ("depth", "normals") else 255
         assert (out[key][outside] == expected).all(), key
     same, box = center_pad(raw, (5, 7))
     assert box == [0, 0, 5, 7] and same["image"] is raw["image"]
@@ -155,6 +162,43 @@ def test_eval_transform_pads_only_and_rejects_larger_images():
     np.testing.assert_allclose(sample["depth"][0, 2:22, 1:31].numpy(), raw["depth"])
     with pytest.raises(ValueError, match=r"'x' is 20x30, larger than the evaluation size 16x32"):
         EvalTransform((16, 32))(raw)
+
+
+def test_images_are_padded_with_the_imagenet_mean_so_experts_see_zero():
+    """InvPT / ATRC pad the normalised image with 0: the mean colour, not black (PROTOCOL.md section 2)."""
+    assert tuple(IMAGE_PAD_COLOUR) == tuple(IMAGENET_DEFAULT_MEAN)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1)
+    raw = raw_sample(20, 30)
+    test = EvalTransform((24, 32))(raw)  # test time: centre padding of 20x30 to 24x32
+    outside = torch.ones(24, 32, dtype=torch.bool)
+    outside[2:22, 1:31] = False
+    padded = test["image"][:, outside]
+    assert padded.shape == (3, 24 * 32 - 20 * 30)
+    torch.testing.assert_close(padded, mean.expand_as(padded), atol=1e-7, rtol=0)
+    assert ((padded - mean) / std).abs().max() < 1e-6  # the normalised zero of the ImageNet experts
+    # after a small training crop (a 12x16 image is smaller than the 24x32 train size at any scale <= 2)
+    small = raw_sample(10, 14)
+    train = TrainTransform((24, 32), scale_range=(1.0, 1.0), photometric=False)(
+        small, np.random.default_rng(0)
+    )
+    top, left, height, width = train["meta"]["valid_box"].tolist()
+    assert (height, width) == (10, 14)
+    outside = torch.ones(24, 32, dtype=torch.bool)
+    outside[top : top + height, left : left + width] = False
+    padded = train["image"][:, outside]
+    torch.testing.assert_close(padded, mean.expand_as(padded), atol=1e-7, rtol=0)
+    assert (train["semseg"][outside] == 255).all() and (train["depth"][0][outside] == 0).all()
+
+
+def test_metric_only_ground_truth_is_padded_at_test_time_and_dropped_in_training():
+    raw = raw_sample(20, 30)
+    raw["edge_seism"] = np.random.default_rng(3).integers(0, 2, (20, 30)).astype(np.uint8)
+    test = EvalTransform((24, 32))(raw)
+    assert test["edge_seism"].dtype == torch.uint8
+    np.testing.assert_array_equal(test["edge_seism"][2:22, 1:31].numpy(), raw["edge_seism"])
+    assert int((test["edge_seism"] == 255).sum()) == 24 * 32 - 20 * 30
+    assert "edge_seism" not in TrainTransform((24, 32))(raw, np.random.default_rng(0))
 
 
 def test_to_sample_ignores_parts_maps_without_parts():

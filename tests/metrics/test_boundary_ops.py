@@ -7,11 +7,11 @@ from skimage.morphology import thin as skimage_thin
 
 from tiger.metrics.boundary_ops import (
     ThinningSweep,
-    boundaries_from_labels,
     conv_tri,
     edge_nms,
     edge_orientation,
     quantize_probability,
+    seg2bmap,
     thin,
 )
 
@@ -69,10 +69,51 @@ def test_nms_border_fade_scales_the_outer_five_pixels():
     np.testing.assert_allclose(kept[10, -6:], [1.0, 0.8, 0.6, 0.4, 0.2, 0])
 
 
-def test_boundaries_from_labels_marks_right_and_bottom_changes():
+def seg2bmap_matlab(seg: np.ndarray) -> np.ndarray:
+    """A line-by-line transcription of jponttuset/seism src/misc/seg2bmap.m (zero-filled shifted copies,
+    then the last row, last column and corner overwritten), to check ours against."""
+    e, s, se = np.zeros_like(seg), np.zeros_like(seg), np.zeros_like(seg)
+    e[:, :-1] = seg[:, 1:]  # e(:,1:end-1) = seg(:,2:end)
+    s[:-1, :] = seg[1:, :]  # s(1:end-1,:) = seg(2:end,:)
+    se[:-1, :-1] = seg[1:, 1:]  # se(1:end-1,1:end-1) = seg(2:end,2:end)
+    b = (seg != e) | (seg != s) | (seg != se)
+    b[-1, :] = seg[-1, :] != e[-1, :]
+    b[:, -1] = seg[:, -1] != s[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def test_seg2bmap_on_hand_made_label_maps():
+    # east and south changes
     labels = np.array([[1, 1, 2], [1, 1, 2], [3, 3, 3]])
     expected = np.array([[0, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=bool)
-    assert np.array_equal(boundaries_from_labels(labels), expected)
+    np.testing.assert_array_equal(seg2bmap(labels), expected)
+    # a change seen only by the south-east neighbour at (1, 1); last row east only, last column south
+    # only, the corner never
+    labels = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 2]])
+    expected = np.array([[0, 0, 0], [0, 1, 1], [0, 1, 0]], dtype=bool)
+    np.testing.assert_array_equal(seg2bmap(labels), expected)
+    # a constant map has no boundary, whatever its value (the zero fill of seg2bmap.m never shows)
+    assert not seg2bmap(np.full((4, 5), 7)).any()
+    # the NYUD ground truth: a 1-pixel edge line read as labels gives the pixels on both sides of it
+    edge = np.zeros((5, 5), np.uint8)
+    edge[2, :] = 255
+    expected = np.zeros((5, 5), bool)
+    expected[1:3] = True
+    np.testing.assert_array_equal(seg2bmap(edge), expected)
+    with pytest.raises(ValueError, match="2-D"):
+        seg2bmap(np.zeros((2, 3, 3)))
+
+
+def test_seg2bmap_equals_the_matlab_transcription():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (1, 6), (6, 1), (2, 2), (13, 17), (40, 31)]:
+        for classes in (2, 5, 460):
+            labels = rng.integers(0, classes, shape).astype(np.uint16)
+            np.testing.assert_array_equal(seg2bmap(labels), seg2bmap_matlab(labels), err_msg=str(shape))
+    blocks = np.kron(rng.integers(0, 4, (6, 8)), np.ones((5, 5), int))  # piecewise constant regions
+    np.testing.assert_array_equal(seg2bmap(blocks), seg2bmap_matlab(blocks))
+    assert seg2bmap(blocks).any()
 
 
 def test_thin_equals_skimage_on_random_maps():

@@ -9,11 +9,16 @@ image         (H, W, 3) uint8       RGB
 semseg        (H, W) uint8          class 0..C-1, 255 = ignore
 human_parts   (H, W) uint8          part group 0..6 (0 = background)
 sal           (H, W) uint8          {0, 1}
-edge          (H, W) float32        {0, 1}
+edge          (H, W) float32        {0, 1}, the training target
+edge_seism    (H, W) uint8          {0, 1}, the boundary metric's ground truth: ``seg2bmap`` of the
+                                    data set's label image (SEISM; the metric thins it)
 depth         (H, W) float32        metres, 0 = invalid
 normals       (H, W, 3) float32     unit vectors, all-zero = invalid
 id            str                   the image id
 ============  ====================  ============================================================
+
+Every file is read through a :class:`FileKind` (where it lives, its extensions and its reader), so the
+readers that training uses are also the ones ``python -m tiger.data.verify`` checks every file with.
 
 The dataset's ``transform`` (see :mod:`tiger.data.transforms`) turns them into the torch sample of
 the task contract (:mod:`tiger.tasks`).
@@ -21,13 +26,16 @@ the task contract (:mod:`tiger.tasks`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import platformdirs
 import scipy.io
 import torch
 from PIL import Image
@@ -52,6 +60,14 @@ class LabelShapeError(ValueError):
     """A label's size differs from its image's."""
 
 
+class UnsupportedImageError(ValueError):
+    """An image whose PIL mode cannot be converted to 8-bit RGB without guessing."""
+
+
+class InvalidLabelWarning(UserWarning):
+    """A label holds values the protocol treats as invalid pixels (e.g. negative depth)."""
+
+
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Re-raise any failure while reading ``path`` as an error that names it."""
@@ -65,10 +81,59 @@ def reading(path: Path) -> Iterator[None]:
         raise CorruptFileError(f"cannot read {path}: {type(error).__name__}: {error}") from error
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB."""
-    with reading(path), Image.open(path) as image:
+RGB_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1")
+"""PIL modes whose RGB conversion is exact (alpha is dropped, palette looked up, grey replicated)."""
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""PIL modes of 16-bit grey images (a 16-bit grey PNG opens as ``I;16``, older Pillow: ``I``)."""
+
+
+def image_to_rgb(image: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """A PIL image -> (H, W, 3) uint8 RGB, scaled correctly for every mode it accepts.
+
+    8-bit modes (:data:`RGB_MODES`) convert as PIL does (16-bit RGB PNGs already open as 8-bit ``RGB``).
+    16-bit grey (:data:`SIXTEEN_BIT_MODES`) maps 0..65535 to 0..255 (``round(v / 257)``, so an 8-bit
+    image stored in 16 bits comes back exactly) and is replicated to three channels; PIL's own
+    ``convert("RGB")`` would clip every value above 255 to white. Any other mode (``F``, ``CMYK``,
+    ``YCbCr``, ``LAB``, ``HSV``, ...), or a mode ``I`` image with values outside 0..65535, is refused
+    with an :class:`UnsupportedImageError` (a ``ValueError``) naming the file and the mode: nothing is
+    converted silently.
+    """
+    if image.mode in RGB_MODES:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image)
+        if values.ndim != 2:
+            raise UnsupportedImageError(f"{path}: a {image.mode} image must be (H, W), got {values.shape}")
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UnsupportedImageError(
+                f"{path}: PIL mode {image.mode!r} with values {values.min()}..{values.max()}, outside the "
+                "16-bit range 0..65535; convert it to 8-bit RGB first"
+            )
+        grey = np.round(values.astype(np.float64) / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    raise UnsupportedImageError(
+        f"{path}: unsupported PIL image mode {image.mode!r}; expected one of "
+        f"{', '.join(RGB_MODES + SIXTEEN_BIT_MODES)} (convert it to 8-bit RGB first)"
+    )
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB (see :func:`image_to_rgb`).
+
+    Any failure is a :class:`CorruptFileError` (an unsupported mode, a truncated file) or a
+    :class:`DatasetLayoutError` (no such file) that names the file.
+    """
+    path = Path(path)
+    with reading(path), Image.open(path) as image:
+        try:
+            return image_to_rgb(image, path)
+        except UnsupportedImageError as error:
+            raise CorruptFileError(str(error)) from error
+
+
+def read_image(path: Path, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The :class:`FileKind` reader of dataset images: :func:`read_rgb` (``hw`` is unused)."""
+    return read_rgb(path)
 
 
 def read_png(path: Path, channels: int) -> np.ndarray:
@@ -104,9 +169,14 @@ def mat_field(mat: dict[str, Any], key: str, path: Path) -> np.ndarray:
     return mat[key]
 
 
-def check_hw(array: np.ndarray, image_hw: tuple[int, int], path: Path, what: str) -> np.ndarray:
-    """Raise :class:`LabelShapeError` unless ``array`` is (H, W) or (H, W, k) with the image's H, W."""
-    if array.ndim < 2 or tuple(array.shape[:2]) != tuple(image_hw):
+def check_hw(array: np.ndarray, image_hw: tuple[int, int] | None, path: Path, what: str) -> np.ndarray:
+    """Raise :class:`LabelShapeError` unless ``array`` is (H, W) or (H, W, k) with the image's H, W.
+
+    ``image_hw`` None (the image itself could not be read) checks only that ``array`` is at least 2-D.
+    """
+    if array.ndim < 2:
+        raise LabelShapeError(f"{what} label {path} has shape {tuple(array.shape)}, expected (H, W[, k])")
+    if image_hw is not None and tuple(array.shape[:2]) != tuple(image_hw):
         raise LabelShapeError(
             f"{what} label {path} has shape {tuple(array.shape)}, "
             f"expected the image's (H, W) = {tuple(image_hw)}"
@@ -170,26 +240,75 @@ def check_root(root: str | os.PathLike, name: str, layout: str) -> Path:
     return root
 
 
-def resolve_files(
-    root: Path, ids: Sequence[str], folder: str, extensions: Sequence[str], layout: str
-) -> list[Path]:
-    """For each id the first existing ``root/folder/<id><ext>``; one error lists every missing file."""
-    directory = root / folder
-    if not directory.is_dir():
-        raise DatasetLayoutError(f"missing folder {directory}; expected layout:\n{layout}\n{DOWNLOAD_HINT}")
-    present = set(os.listdir(directory))
-    found, missing = [], []
-    for image_id in ids:
-        name = next((image_id + ext for ext in extensions if image_id + ext in present), None)
-        if name is None:
-            missing.append(directory / (image_id + "|".join(extensions)))
+Reader = Callable[[Path, "tuple[int, int] | None"], Any]
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """One kind of file of a data set: ``<root>/<folder>/<id><ext>``, and how it is read.
+
+    Attributes:
+        folders: searched in order; an id's file is the first ``folder/<id><ext>`` that exists.
+        extensions: tried in order within each folder.
+        read: ``read(path, image_hw)`` -> the decoded array, raising :class:`CorruptFileError` /
+            :class:`LabelShapeError` naming the file when it does not hold what the protocol expects.
+            ``image_hw`` is the image's (H, W), or None when the image itself cannot be read.
+    """
+
+    folders: tuple[str, ...]
+    extensions: tuple[str, ...]
+    read: Reader
+
+    def describe(self, root: Path, image_id: str) -> str:
+        names = [str(root / folder / (image_id + "|".join(self.extensions))) for folder in self.folders]
+        return " (or ".join(names) + ")" * (len(names) - 1)
+
+
+def locate_files(root: Path, ids: Sequence[str], kind: FileKind) -> tuple[list[Path | None], list[Path]]:
+    """For each id the first existing file of ``kind`` (None if there is none), and the missing folders.
+
+    The folders are listed once, so this costs one ``listdir`` per folder, not one ``stat`` per file.
+    """
+    listings, absent = [], []
+    for folder in kind.folders:
+        directory = root / folder
+        if directory.is_dir():
+            listings.append((directory, set(os.listdir(directory))))
         else:
-            found.append(directory / name)
+            absent.append(directory)
+    found: list[Path | None] = []
+    for image_id in ids:
+        names = [image_id + ext for ext in kind.extensions]
+        found.append(next((d / n for d, present in listings for n in names if n in present), None))
+    return found, (absent if len(absent) == len(kind.folders) else [])
+
+
+def resolve_files(root: Path, ids: Sequence[str], kind: FileKind, layout: str) -> list[Path]:
+    """For each id its file of ``kind``; a missing folder, or one error listing every missing file."""
+    found, absent = locate_files(root, ids, kind)
+    if absent:
+        folders = " and ".join(str(d) for d in absent)
+        raise DatasetLayoutError(
+            f"missing folder{'s' * (len(absent) > 1)} {folders}; expected layout:\n{layout}\n{DOWNLOAD_HINT}"
+        )
+    missing = [kind.describe(root, i) for i, path in zip(ids, found, strict=True) if path is None]
     if missing:
-        shown = "\n  ".join(str(p) for p in missing[:5])
+        where = root / kind.folders[0] if len(kind.folders) == 1 else " / ".join(kind.folders)
+        shown = "\n  ".join(missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DatasetLayoutError(f"{len(missing)} missing file(s) in {directory}:\n  {shown}{more}")
-    return found
+        raise DatasetLayoutError(f"{len(missing)} missing file(s) in {where}:\n  {shown}{more}")
+    return [path for path in found if path is not None]
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """``platformdirs.user_cache_dir("tiger") / parts``: ``$XDG_CACHE_HOME/tiger`` or ``~/.cache/tiger``."""
+    return Path(platformdirs.user_cache_dir("tiger")).joinpath(*parts)
+
+
+def folder_key(path: Path) -> str:
+    """A short stable name for a data folder (its resolved path), for per-data-set cache files."""
+    resolved = str(Path(path).expanduser().resolve())
+    return f"{Path(resolved).name}-{hashlib.sha1(resolved.encode()).hexdigest()[:12]}"
 
 
 def check_tasks(tasks: Sequence[str], supported: Sequence[str], dataset: str) -> tuple[str, ...]:
@@ -217,6 +336,13 @@ class MultiTaskDataset(torch.utils.data.Dataset):
     supported_tasks: tuple[str, ...] = ()
     num_semseg_classes: int = 0
     default_size: tuple[int, int] = (0, 0)
+    # Data sets on disk: the layout (for error messages), the split file under the root, the protocol's
+    # split sizes, every kind of file (the key "image" included) and the file keys each task reads.
+    layout: str = ""
+    split_file: str = ""
+    split_sizes: dict[str, int] = {}
+    file_kinds: dict[str, FileKind] = {}
+    task_files: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, tasks: Sequence[str], transform: Callable[[RawSample], dict[str, Any]] | None) -> None:
         self.tasks = check_tasks(tasks, self.supported_tasks, type(self).__name__)
@@ -225,6 +351,17 @@ class MultiTaskDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def files_of(cls, tasks: Sequence[str]) -> tuple[str, ...]:
+        """The file keys that ``tasks`` read: "image" first, then each needed key once, in order."""
+        keys = ["image"]
+        for task in tasks:
+            keys += [key for key in cls.task_files.get(task, ()) if key not in keys]
+        return tuple(keys)
+
+    def file_keys(self) -> tuple[str, ...]:
+        return self.files_of(self.tasks)
 
     def load_raw(self, index: int) -> RawSample:
         raise NotImplementedError

@@ -4,7 +4,11 @@ Training, in order: random scale in [0.5, 2.0] (image bilinear, every label near
 the scale); random crop to the train size, re-drawn up to 10 times until no semseg class covers 75%
 or more of the valid pixels; horizontal flip with p = 0.5 (normals x negated); the mmseg photometric
 distortion on the uint8 image; the image to [0, 1]; centre padding to the train size (255 for
-semseg / human_parts / sal / edge, 0 for image / depth / normals). Test time: centre padding only.
+semseg / human_parts / sal / edge, 0 for depth / normals, and the ImageNet mean colour
+:data:`IMAGE_PAD_COLOUR` for the image: InvPT and ATRC pad the normalised image with 0, which is that
+colour, and it is every expert's normalised zero within 0.005). Test time: centre padding only.
+Metric-only ground truths (:data:`METRIC_ONLY_KEYS`, e.g. ``edge_seism``) are padded with 255 at test
+time and dropped by the training chain.
 
 Finally :func:`to_sample` converts to the contract of :mod:`tiger.tasks` and, as the reference
 code does, ignores a human_parts map that holds only 0 and 255 (no visible person part) entirely.
@@ -30,19 +34,34 @@ from tiger.tasks import IGNORE_INDEX
 
 RawSample = dict[str, Any]
 TARGET_KEYS = ("semseg", "human_parts", "sal", "edge", "depth", "normals")
-PAD_VALUES: dict[str, float] = {
-    "image": 0.0,
+METRIC_ONLY_KEYS = ("edge_seism",)
+"""Ground truths that only the metrics read (the boundary metric's SEISM map): never augmented."""
+IMAGE_PAD_COLOUR = (0.485, 0.456, 0.406)
+"""The image padding colour in [0, 1]: the ImageNet mean (``timm.data.IMAGENET_DEFAULT_MEAN``), i.e. 0 after
+the normalisation InvPT / ATRC pad after; the OpenAI CLIP mean differs from it by less than 0.005."""
+PAD_VALUES: dict[str, float | tuple[float, ...]] = {
+    "image": IMAGE_PAD_COLOUR,
     "semseg": IGNORE_INDEX,
     "human_parts": IGNORE_INDEX,
     "sal": IGNORE_INDEX,
     "edge": IGNORE_INDEX,
+    "edge_seism": IGNORE_INDEX,
     "depth": 0.0,
     "normals": 0.0,
 }
 
 
 def _arrays(raw: RawSample) -> list[str]:
-    return [key for key in ("image", *TARGET_KEYS) if key in raw]
+    return [key for key in ("image", *TARGET_KEYS, *METRIC_ONLY_KEYS) if key in raw]
+
+
+def pad_value(key: str, dtype: np.dtype) -> np.ndarray:
+    """The padding value of ``key`` for an array of ``dtype``: the image colour as uint8 ``round(255 c)``
+    for a uint8 image, in [0, 1] otherwise."""
+    value = np.asarray(PAD_VALUES[key], dtype=np.float64)
+    if key == "image" and np.dtype(dtype) == np.uint8:
+        value = np.round(value * 255.0)
+    return value.astype(dtype)
 
 
 def rescale(raw: RawSample, scale: float) -> RawSample:
@@ -175,7 +194,7 @@ def image_to_unit(raw: RawSample) -> RawSample:
 
 
 def center_pad(raw: RawSample, size: tuple[int, int]) -> tuple[RawSample, list[int]]:
-    """Centre-pad every array to at least ``size`` with :data:`PAD_VALUES`.
+    """Centre-pad every array to at least ``size`` with :data:`PAD_VALUES` (see :func:`pad_value`).
 
     Returns the padded sample and the valid box [top, left, height, width] of the unpadded content.
     """
@@ -186,7 +205,8 @@ def center_pad(raw: RawSample, size: tuple[int, int]) -> tuple[RawSample, list[i
     if (out_h, out_w) != (height, width):
         for key in _arrays(raw):
             array = raw[key]
-            padded = np.full((out_h, out_w, *array.shape[2:]), PAD_VALUES[key], dtype=array.dtype)
+            padded = np.empty((out_h, out_w, *array.shape[2:]), dtype=array.dtype)
+            padded[...] = pad_value(key, array.dtype)
             padded[top : top + height, left : left + width] = array
             out[key] = padded
     return out, [top, left, height, width]
@@ -198,7 +218,8 @@ def to_sample(
     """Numpy sample -> torch sample of the contract in :mod:`tiger.tasks`.
 
     ``image`` (3, H, W) float32 in [0, 1] (a uint8 image is divided by 255); semseg / human_parts /
-    sal (H, W) int64; edge (H, W) float32; depth (1, H, W); normals (3, H, W); ``meta`` = {"id": str,
+    sal (H, W) int64; edge (H, W) float32; edge_seism (H, W) uint8 {0, 1}, 255 = padding; depth
+    (1, H, W); normals (3, H, W); ``meta`` = {"id": str,
     "valid_box": int64 [top, left, height, width]} (the whole frame when ``valid_box`` is None).
     """
     image = raw["image"]
@@ -216,6 +237,8 @@ def to_sample(
             sample[key] = torch.from_numpy(label)
     if "edge" in raw:
         sample["edge"] = torch.from_numpy(np.ascontiguousarray(raw["edge"], dtype=np.float32))
+    if "edge_seism" in raw:
+        sample["edge_seism"] = torch.from_numpy(np.ascontiguousarray(raw["edge_seism"], dtype=np.uint8))
     if "depth" in raw:
         sample["depth"] = torch.from_numpy(np.ascontiguousarray(raw["depth"], dtype=np.float32))[None]
     if "normals" in raw:
@@ -275,6 +298,7 @@ class TrainTransform:
 
     def __call__(self, raw: RawSample, rng: np.random.Generator | None = None) -> dict[str, Any]:
         rng = rng if rng is not None else self._random.generator()
+        raw = {key: value for key, value in raw.items() if key not in METRIC_ONLY_KEYS}
         raw = random_scale(raw, rng, self.scale_range)
         raw = random_crop(raw, self.size, rng, self.cat_max_ratio, self.crop_attempts)
         raw = random_horizontal_flip(raw, rng, self.flip_prob)

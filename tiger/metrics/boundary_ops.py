@@ -4,7 +4,7 @@
 * :func:`edge_nms`: the edge non-maximum suppression of Dollar's structured-edge toolbox
   (``edgesNmsMex`` with the orientation of ``convTri`` + ``gradient2``), item 2. Computed in float64
   where the MATLAB code uses single precision; its output is kept as floats (not re-saved as uint8).
-* :func:`boundaries_from_labels`: boundary map of a label image (item 4).
+* :func:`seg2bmap`: SEISM's boundary map of a label image, the ground truth before thinning (item 4).
 * :func:`thin` and :class:`ThinningSweep`: morphological thinning, bit-identical to
   :func:`skimage.morphology.thin` (the Guo-Hall algorithm of MATLAB's ``bwmorph(..., 'thin', inf)``), fast
   when the same image is thinned at many nested thresholds.
@@ -145,20 +145,30 @@ def edge_nms(
     return out
 
 
-def boundaries_from_labels(label_map: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a label image: where the label differs from its right or bottom neighbour.
+def seg2bmap(labels: np.ndarray) -> np.ndarray:
+    """SEISM's ``seg2bmap``: the boundary map of a label image, as the ground truth of the boundary metric.
+
+    A pixel is a boundary where its label differs from its east, south or south-east neighbour; in the
+    last row only the east neighbour counts, in the last column only the south one, and the bottom-right
+    pixel is never a boundary (jponttuset/seism ``src/misc/seg2bmap.m``, at the label image's own size).
+    ``edgesEvalImg.m`` thins the result (``bwmorph(seg2bmap(G), 'thin', Inf)``); the metric does so itself.
 
     Args:
-        label_map: (H, W) integer labels.
+        labels: (H, W) label image (any dtype: the NYUD edge map read as labels, the PASCAL ``LabelMap``).
 
     Returns:
-        (H, W) bool. Thin it (:func:`thin`) for the SEISM ground truth; the boundary metric does so itself.
+        (H, W) bool.
     """
-    if label_map.ndim != 2:
-        raise ValueError(f"label map must be 2-D (H, W), got shape {label_map.shape}")
-    boundary = np.zeros(label_map.shape, dtype=bool)
-    boundary[:, :-1] |= label_map[:, :-1] != label_map[:, 1:]
-    boundary[:-1, :] |= label_map[:-1, :] != label_map[1:, :]
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"seg2bmap needs a 2-D (H, W) label image, got shape {labels.shape}")
+    east = labels[:, :-1] != labels[:, 1:]  # (H, W - 1)
+    south = labels[:-1, :] != labels[1:, :]  # (H - 1, W)
+    south_east = labels[:-1, :-1] != labels[1:, 1:]  # (H - 1, W - 1)
+    boundary = np.zeros(labels.shape, dtype=bool)
+    boundary[:-1, :-1] = east[:-1] | south[:, :-1] | south_east
+    boundary[-1, :-1] = east[-1]
+    boundary[:-1, -1] = south[:, -1]
     return boundary
 
 
