@@ -34,6 +34,7 @@ def test_a_clean_tree_passes_with_its_counts(nyud_atrc, capsys):
 def test_every_fault_is_one_line_and_the_exit_code_says_so(nyud_invpt, tmp_path, capsys):
     root = shutil.copytree(nyud_invpt.root, tmp_path / "NYUDv2")
     truncate(root / "segmentation" / "0001.png")  # train
+    Image.fromarray(np.zeros((40, 64), np.uint8)).save(root / "edge" / "0001.png")  # the same image: 2 lines
     (root / "depth" / "0002.npy").unlink()  # train
     Image.fromarray(np.full((48, 64), 41, np.uint8)).save(root / "segmentation" / "0003.png")  # train
     Image.fromarray(np.zeros((48, 60, 3), np.uint8)).save(root / "normals" / "0005.png")  # val
@@ -43,23 +44,24 @@ def test_every_fault_is_one_line_and_the_exit_code_says_so(nyud_invpt, tmp_path,
     assert main(["--dataset", "nyud", "--root", str(root), "--no-progress"]) == 1
     output = capsys.readouterr().out
     lines = problem_lines(output)
-    assert len(lines) == 4, output
+    assert len(lines) == 5, output
     assert any(
         line.startswith("unreadable: cannot read") and "segmentation/0001.png" in line for line in lines
     )
+    assert any(line.startswith("wrong size: edge label") and "edge/0001.png" in line for line in lines)
     assert any(line.startswith("missing:") and "depth/0002.npy" in line for line in lines)
     assert any(
         line.startswith("bad values:") and "0003.png: semseg values up to 41" in line for line in lines
     )
     assert any(line.startswith("wrong size:") and "normals/0005.png" in line for line in lines)
     assert "note: " in output and "0006.npy: 6 negative depth values" in output
-    assert "train: 4 images (the benchmark has 795)" in output and "3 problem(s), 0 note(s)" in output
+    assert "train: 4 images (the benchmark has 795)" in output and "4 problem(s), 0 note(s)" in output
     assert "val: 2 images" in output and "1 problem(s), 1 note(s)" in output
-    assert output.rstrip().endswith("4 problem(s) found")
+    assert output.rstrip().endswith("5 problem(s) found")
     # two worker processes find the same problems
     log = io.StringIO()
     reports = verify("nyud", root, workers=2, out=log, progress=False)
-    assert [r.problems for r in reports] == [3, 1] and sorted(problem_lines(log.getvalue())) == sorted(lines)
+    assert [r.problems for r in reports] == [4, 1] and sorted(problem_lines(log.getvalue())) == sorted(lines)
 
 
 def test_missing_split_file_and_folder(nyud_atrc, tmp_path, capsys):
