@@ -23,7 +23,7 @@ def truncate(path) -> None:
 
 
 def test_a_clean_tree_passes_with_its_counts(nyud_atrc, capsys):
-    assert main(["--dataset", "nyud", "--root", str(nyud_atrc.root), "--no-progress"]) == 0
+    assert main(["--dataset", "nyud", "--root", str(nyud_atrc.root), "--no-progress", "--workers", "1"]) == 0
     output = capsys.readouterr().out
     assert problem_lines(output) == []
     assert "train: 4 images (the benchmark has 795), 20 files read, sizes 48x64: 4; 0 problem(s)" in output
@@ -41,7 +41,7 @@ def test_every_fault_is_one_line_and_the_exit_code_says_so(nyud_invpt, tmp_path,
     depth = np.load(root / "depth" / "0006.npy")
     depth[:2, :3] = -1.0  # negative depth: invalid pixels, a note, not a problem
     np.save(root / "depth" / "0006.npy", depth)
-    assert main(["--dataset", "nyud", "--root", str(root), "--no-progress"]) == 1
+    assert main(["--dataset", "nyud", "--root", str(root), "--no-progress", "--workers", "1"]) == 1
     output = capsys.readouterr().out
     lines = problem_lines(output)
     assert len(lines) == 5, output
@@ -67,14 +67,38 @@ def test_every_fault_is_one_line_and_the_exit_code_says_so(nyud_invpt, tmp_path,
 def test_missing_split_file_and_folder(nyud_atrc, tmp_path, capsys):
     root = shutil.copytree(nyud_atrc.root, tmp_path / "NYUD_MT")
     shutil.rmtree(root / "edge")
-    assert main(["--dataset", "nyud", "--root", str(root), "--splits", "train", "test", "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "--dataset",
+                "nyud",
+                "--root",
+                str(root),
+                "--splits",
+                "train",
+                "test",
+                "--no-progress",
+                "--workers",
+                "1",
+            ]
+        )
+        == 1
+    )
     lines = problem_lines(capsys.readouterr().out)
     assert len(lines) == 2
     assert lines[0].startswith("missing: folder") and "edge (the edge files of 4 images)" in lines[0]
     assert lines[1].startswith("missing: split file") and "test.txt" in lines[1]
     # only the tasks asked for are checked
-    assert main(["--dataset", "nyud", "--root", str(root), "--tasks", "semseg", "--no-progress"]) == 0
-    assert main(["--dataset", "nyud", "--root", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    assert (
+        main(
+            ["--dataset", "nyud", "--root", str(root), "--tasks", "semseg", "--no-progress", "--workers", "1"]
+        )
+        == 0
+    )
+    assert (
+        main(["--dataset", "nyud", "--root", str(tmp_path / "nowhere"), "--no-progress", "--workers", "1"])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -88,7 +112,7 @@ def test_pascal_faults_and_nothing_is_written(pascal_tree, user_cache, capsys):
     )
     (root / "human_parts" / f"{val[1]}.mat").write_text("garbage")
     before = sorted(p for p in root.rglob("*"))
-    assert main(["--dataset", "pascal", "--root", str(root), "--no-progress"]) == 1
+    assert main(["--dataset", "pascal", "--root", str(root), "--no-progress", "--workers", "1"]) == 1
     output = capsys.readouterr().out
     lines = problem_lines(output)
     assert len(lines) == 4, output

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import warnings
 from collections import Counter
@@ -223,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path, help="the NYUD_MT / NYUDv2 / PASCAL_MT folder")
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     parser.add_argument("--tasks", nargs="+", help="default: every task of the data set")
-    parser.add_argument("--workers", type=int, default=1, help="processes reading files (default 1)")
+    workers = min(4, os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers", type=int, default=workers, help=f"processes reading files (default {workers})"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.workers < 1:
