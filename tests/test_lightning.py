@@ -76,6 +76,22 @@ def test_check_finite_names_the_step_and_the_term():
         check_finite({"depth": torch.tensor(1.0), "loss": torch.tensor(float("inf"))}, 2)
 
 
+class TwoProcesses:
+    """The part of a Lightning strategy that check_finite uses: here another process saw a NaN."""
+
+    world_size = 2
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        assert all
+        return False
+
+
+def test_every_process_stops_when_one_loss_is_not_finite():
+    finite = {"depth": torch.tensor(0.5), "loss": torch.tensor(0.5)}
+    with pytest.raises(FloatingPointError, match=r"^step 4: the loss of another process is not finite"):
+        check_finite(finite, 4, TwoProcesses())
+
+
 class Batches(Dataset):
     """Four batches of one image; the depth target of batch ``bad`` is NaN at one pixel."""
 
