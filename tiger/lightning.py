@@ -199,7 +199,8 @@ def check_optimizer(factory: Callable[..., torch.optim.Optimizer]) -> None:
     except (ValueError, TypeError) as error:
         raise OptionError("optimizer", f"is not accepted by the optimizer: {error}") from None
     for group in built.param_groups:
-        real(group["lr"], "optimizer.lr", minimum=0.0, exclusive=True)
+        lr = group["lr"]
+        real(float(lr) if isinstance(lr, Tensor) else lr, "optimizer.lr", minimum=0.0, exclusive=True)
 
 
 def check_scheduler(scheduler: Mapping[str, Any]) -> dict[str, Any]:
