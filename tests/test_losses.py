@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiger.losses import causal_importance, jensen_shannon, pixel_loss, pool_to_grid, task_loss
+from tiger.losses import TigerLoss, causal_importance, jensen_shannon, pixel_loss, pool_to_grid, task_loss
+from tiger.options import OptionError
 from tiger.tasks import make_task
 
 
@@ -87,6 +88,23 @@ def test_normals_l1_after_normalisation_and_depth_l1_skip_invalid():
     depth = make_task("depth")
     loss, weight = pixel_loss(depth, torch.tensor([[[[1.0, 3.0]]]]), torch.tensor([[[[2.0, 0.0]]]]))
     assert loss.tolist() == [[[1.0, 0.0]]] and weight.tolist() == [[[1.0, 0.0]]]
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"lambda_cf": -0.1}, r"^lambda_cf must be >= 0, got -0.1$"),  # once silently switched L_cf off
+        ({"tau": 0}, r"^tau must be > 0, got 0$"),  # once NaN from step 0
+        ({"tau": -1.0}, r"^tau must be > 0, got -1.0$"),  # once silently inverted the target
+        ({"eps": 0.0}, r"^eps must be > 0, got 0.0$"),
+        ({"tau": float("nan")}, r"^tau must be a finite number, got nan$"),
+        ({"lambda_cf": "0.1"}, r"^lambda_cf must be a number, got '0.1' \(str\)$"),
+    ],
+)
+def test_loss_settings_are_checked_where_they_enter(setting, message):
+    with pytest.raises(OptionError, match=message):
+        TigerLoss([make_task("depth")], **setting)
+    assert TigerLoss([make_task("depth")], lambda_cf=0, tau=0.5).lambda_cf == 0.0  # 0 = L_cf off, allowed
 
 
 def test_jensen_shannon_gradient_is_finite_when_alpha_saturates():

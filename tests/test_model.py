@@ -16,18 +16,19 @@ from tiger.losses import (
     pool_to_grid,
 )
 from tiger.model import remove_expert
+from tiger.options import OptionError
 
 TASKS = ["semseg", "depth", "normals", "edge"]
 EXPERTS = {"clip": {"name": "clip_tiny"}, "dinov2": {"name": "dinov2_tiny"}, "sam": {"name": "sam_tiny"}}
 SIZE = (40, 48)
 
 
-def tiny_tiger(**options):
+def tiny_tiger(grid=(3, 4), **options):
     torch.manual_seed(0)
     settings = dict(dim=32, rank=4, hyper_hidden=16, query_width=16, num_heads=4, decoder_width=32)
     settings.update(options)
     return build_tiger(
-        EXPERTS, TASKS, grid=(3, 4), num_semseg_classes=5, instructions={"encoder": None}, **settings
+        EXPERTS, TASKS, grid=grid, num_semseg_classes=5, instructions={"encoder": None}, **settings
     )
 
 
@@ -208,6 +209,58 @@ def test_bad_input_is_a_clear_error(model):
         build_tiger(EXPERTS, ["depth", "flow"], grid=(2, 2), instructions={"encoder": None})
     with pytest.raises(ValueError, match="clip_tiny"):
         build_tiger({"x": {"name": "no_such_expert"}}, ["depth"], grid=(2, 2), instructions={"encoder": None})
+
+
+@pytest.mark.parametrize(
+    "grid, shown",
+    [([4.5, 5], r"\[4.5, 5\] \(4.5 is not"), ([0, 5], r"\(0 is not"), ([-1, 5], r"\(-1 is not"),
+     (["4", 5], r"\('4' is not"), ([4], r"\[4\]$")],
+)  # fmt: skip
+def test_grid_is_never_truncated(grid, shown):
+    with pytest.raises(OptionError, match=r"^grid must be 2 integers \(H, W\) >= 1, got .*" + shown):
+        tiny_tiger(grid=grid)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"dim": 0}, r"^dim must be >= 1, got 0$"),
+        ({"dim": 32.0}, r"^dim must be an integer, got 32.0 \(float\)$"),
+        ({"num_heads": 5}, r"^num_heads must divide dim=32, got 5$"),
+        ({"rank": -2}, r"^rank must be >= 1, got -2$"),
+        ({"hyper_hidden": 1.5}, r"^hyper_hidden must be an integer"),
+        ({"query_width": 24}, r"^query_width must be a multiple of 16, got 24$"),
+        ({"decoder_width": 100}, r"^decoder_width must halve .* got 100: .* \[100, 50, 25\] and 50 is not"),
+        ({"decoder_upsamples": -1}, r"^decoder_upsamples must be >= 0, got -1$"),
+        ({"expert_interaction_layers": 0}, r"^expert_interaction_layers must be >= 1, got 0$"),
+        ({"projection_hidden": 0}, r"^projection_hidden must be >= 1, got 0$"),
+        ({"task_interaction": "yes"}, r"^task_interaction must be true or false, got 'yes'"),
+    ],
+)
+def test_model_sizes_are_checked_before_anything_is_built(setting, message, monkeypatch):
+    import tiger.experts
+
+    def no_experts(**spec):
+        raise AssertionError("experts were built before the options were checked")
+
+    monkeypatch.setattr(tiger.experts, "build_expert", no_experts)
+    with pytest.raises(OptionError, match=message):
+        tiny_tiger(**setting)
+
+
+def test_sizes_of_switched_off_parts_and_task_weights(model):
+    plain = tiny_tiger(
+        num_heads=5, expert_interaction=False, task_interaction=False, task_interaction_layers=0
+    )
+    assert plain.expert_interaction is None and plain.task_interaction is None
+    for weight, message in ((-1.0, "must be >= 0, got -1.0"), (float("inf"), "must be a finite number")):
+        with pytest.raises(OptionError, match=f"^task_weights.depth {message}"):
+            tiny_tiger(task_weights={"depth": weight})
+    with pytest.raises(OptionError, match=r"^experts.sam.pos_embed_antialias must be true or false"):
+        build_tiger(
+            {"sam": {"name": "sam_tiny", "pos_embed_antialias": "no"}}, ["depth"], grid=(2, 2),
+            instructions={"encoder": None},
+        )  # fmt: skip
 
 
 def test_checkpoint_state_round_trip_and_mismatch(model):

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tiger.build import plain_config
+from tiger.options import OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -112,6 +113,35 @@ def test_unknown_config_key_or_value_fails_with_hydras_message(tmp_path):
             text=True,
         )
         assert result.returncode != 0 and message in result.stderr
+
+
+def test_option_errors_name_the_key_the_user_sets():
+    from tiger.train import instantiate_option, user_key
+
+    cfg = compose_config("data.grid=[4.5,5]")
+    assert user_key(cfg, "model.net.grid") == "data.grid"  # model.net.grid is ${data.grid}
+    assert user_key(cfg, "model.net.task_weights.edge") == "data.task_weights.edge"
+    assert user_key(cfg, "model.net.experts.sam.seed") == "experts.sam.seed"
+    assert user_key(cfg, "data.datamodule.tasks") == "data.tasks"
+    assert user_key(cfg, "model.loss.tau") == "model.loss.tau"
+    with pytest.raises(OptionError, match=r"^data.grid must be 2 integers \(H, W\) >= 1, got \[4.5, 5\]"):
+        instantiate_option(cfg, "model")
+    with pytest.raises(OptionError, match=r"^model.loss.tau must be > 0, got 0$"):
+        instantiate_option(compose_config("model.loss.tau=0"), "model")
+    with pytest.raises(OptionError, match=r"^data.datamodule.batch_size must be >= 1, got 0$"):
+        instantiate_option(compose_config("data.datamodule.batch_size=0"), "data.datamodule")
+
+
+def test_a_fractional_grid_stops_the_run_at_once(tmp_path, offline_env):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "tiger.train", "data.grid=[4.5,5]", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env={**offline_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    expected = "data.grid must be 2 integers (H, W) >= 1, got [4.5, 5] (4.5 is not an integer >= 1)"
+    assert result.returncode != 0 and expected in result.stderr, result.stderr[-3000:]
+    assert not (run_dir / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")

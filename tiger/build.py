@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
 
+from tiger import options
 from tiger.instructions import DEFAULT_ENCODER, encode_instructions
-from tiger.model import TIGER
+from tiger.model import TIGER, check_options
 from tiger.tasks import TASK_NAMES, make_task
 
 
@@ -40,7 +42,8 @@ def build_tiger(
         tasks: task names in output order.
         grid: the token grid (H, W).
         num_semseg_classes: classes of ``semseg`` (NYUD 40, PASCAL 21).
-        task_weights: lambda_j per task (eq. 14); 1 where absent; weights of unselected tasks are unused.
+        task_weights: lambda_j per task (eq. 14), finite and >= 0; 1 where absent; weights of unselected
+            tasks are unused.
         instructions: ``{"encoder": name or path or None, "texts": {task: sentence}}``; encoder None means
             learnable task embeddings only (Table 4).
         instruction_embeddings: precomputed t0 (T, d_t), skipping the text encoder (used when loading a
@@ -57,6 +60,14 @@ def build_tiger(
         raise ValueError(
             f"instructions or weights given for unknown tasks {unknown}; known: {list(TASK_NAMES)}"
         )
+    for name, weight in weights.items():
+        options.real(weight, f"task_weights.{name}", minimum=0.0)
+    if "semseg" in tasks:
+        options.integer(num_semseg_classes, "num_semseg_classes", minimum=2)
+    # every option of TIGER is checked before the experts are built (an unknown one is a TypeError)
+    bound = inspect.signature(TIGER).bind([], [], grid, None, **model_options)
+    bound.apply_defaults()
+    check_options(grid, **{k: v for k, v in bound.arguments.items() if k not in _POSITIONAL})
     task_list = [
         make_task(
             name, num_classes=num_semseg_classes, instruction=texts.get(name), weight=weights.get(name, 1.0)
@@ -66,8 +77,15 @@ def build_tiger(
     encoder = instructions.get("encoder", DEFAULT_ENCODER)
     if instruction_embeddings is None and encoder is not None:
         instruction_embeddings = encode_instructions([task.instruction for task in task_list], encoder)
-    built = [build_expert(**spec) for spec in expert_specs(experts)]
+    built = []
+    roles = experts.keys() if isinstance(experts, Mapping) else range(len(experts))
+    for role, spec in zip(roles, expert_specs(experts), strict=True):
+        with options.option_prefix(f"experts.{role}"):
+            built.append(build_expert(**spec))
     return TIGER(built, task_list, grid, instruction_embeddings, **model_options)
+
+
+_POSITIONAL = ("experts", "tasks", "grid", "instruction_embeddings")
 
 
 def plain_config(value: Any) -> Any:

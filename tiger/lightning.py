@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
@@ -15,6 +16,7 @@ from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss, task_loss
 from tiger.metrics import build_metric
 from tiger.model import REMOVALS
+from tiger.options import OptionError, choice, integer, option_prefix, real
 from tiger.tasks import metric_target
 
 CHECKPOINT_FORMAT = 1
@@ -39,12 +41,17 @@ class TigerModule(L.LightningModule):
             the model can be rebuilt from it).
         loss: keyword arguments of :class:`tiger.losses.TigerLoss` (lambda_cf, tau, eps) and ``removal``, how
             :meth:`tiger.model.TIGER.counterfactual` removes an expert (subtract, renormalize, mean).
-        optimizer: a partial optimizer taking ``params``.
-        scheduler: ``{"warmup_steps": int, "power": float}`` for :func:`warmup_poly_schedule`, or None.
+        optimizer: a partial optimizer taking ``params``; its ``lr`` must be > 0.
+        scheduler: ``{"warmup_steps": int >= 0, "power": float >= 0}`` for :func:`warmup_poly_schedule`,
+            or None.
         dataset: ``nyud``, ``pascal`` or ``synthetic``: picks the metric options.
         routing_analysis: removal modes whose counterfactual importance is compared with the routing at
             every validation (:class:`tiger.analysis.RoutingStatistics`; costs M decoder passes per mode and
             batch); the expert usage is always measured.
+
+    Every option is checked here; an :class:`tiger.options.OptionError` names it (``net.grid``,
+    ``loss.tau``, ``optimizer.lr``, ``scheduler.power``). Training stops at the first non-finite loss,
+    naming the step and the term (:func:`check_finite`).
     """
 
     def __init__(
@@ -58,15 +65,16 @@ class TigerModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.net_config = plain_config(net)
-        self.net = build_tiger(**self.net_config)
         self.loss_options = plain_config(loss)
+        self.scheduler_options = check_scheduler(plain_config(scheduler)) if scheduler else None
+        check_optimizer(optimizer)
         options = dict(self.loss_options)
-        self.removal = options.pop("removal", "subtract")
-        if self.removal not in REMOVALS:
-            raise ValueError(f"model.loss.removal must be one of {REMOVALS}, got {self.removal!r}")
-        self.criterion = TigerLoss(self.net.tasks, **options)
+        self.removal = choice(options.pop("removal", "subtract"), "loss.removal", REMOVALS)
+        with option_prefix("net"):
+            self.net = build_tiger(**self.net_config)
+        with option_prefix("loss"):
+            self.criterion = TigerLoss(self.net.tasks, **options)
         self.optimizer_factory = optimizer
-        self.scheduler_options = dict(scheduler) if scheduler else None
         self.dataset = dataset
         self.val_metrics = nn.ModuleDict({task.name: build_metric(task, dataset) for task in self.net.tasks})
         self.last_val_results: dict[str, dict[str, float]] = {}
@@ -96,6 +104,7 @@ class TigerModule(L.LightningModule):
         if self.criterion.uses_counterfactual(len(self.net.experts)):
             counterfactual = self.net.counterfactual(output, self.removal, self.criterion.eps)
         terms = self.criterion(output, self._targets(batch), counterfactual)
+        check_finite(terms, self.global_step, self._trainer and self._trainer.strategy)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, on_step=True)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True)
         return terms["loss"]
@@ -179,6 +188,63 @@ class TigerModule(L.LightningModule):
         trainable = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         self.net.load_trainable_state_dict(trainable)  # raises naming any key or shape difference
         checkpoint["state_dict"].update({f"net.{k}": v for k, v in self.net.experts_state_dict().items()})
+
+
+def check_optimizer(factory: Callable[..., torch.optim.Optimizer]) -> None:
+    """Build the optimizer once on a dummy parameter, so its own checks run now; the lr must be > 0."""
+    keywords = getattr(factory, "keywords", None) or {}
+    if "lr" in keywords:
+        real(keywords["lr"], "optimizer.lr", minimum=0.0, exclusive=True)
+    try:
+        built = factory(params=[nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise OptionError("optimizer", f"is not accepted by the optimizer: {error}") from None
+    for group in built.param_groups:
+        lr = group["lr"]
+        real(float(lr) if isinstance(lr, Tensor) else lr, "optimizer.lr", minimum=0.0, exclusive=True)
+
+
+def check_scheduler(scheduler: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of :func:`warmup_poly_schedule`: ``warmup_steps`` an integer >= 0, ``power`` >= 0."""
+    unknown = sorted(set(scheduler) - {"warmup_steps", "power"})
+    if unknown:
+        raise OptionError(f"scheduler.{unknown[0]}", "is not an option; the options are warmup_steps, power")
+    checked = dict(scheduler)
+    if "warmup_steps" in checked:
+        integer(checked["warmup_steps"], "scheduler.warmup_steps", minimum=0)
+    if "power" in checked:
+        real(checked["power"], "scheduler.power", minimum=0.0)
+    return checked
+
+
+def check_finite(terms: Mapping[str, Tensor], step: int, strategy: Strategy | None = None) -> None:
+    """Stop training at the first non-finite loss: a FloatingPointError naming the step and the terms.
+
+    Args:
+        terms: the loss terms of :class:`tiger.losses.TigerLoss` (``loss`` is their weighted sum).
+        step: the global step, for the message.
+        strategy: the trainer's strategy; with several processes all of them stop together.
+    """
+    finite = bool(torch.isfinite(terms["loss"]))
+    if strategy is not None and strategy.world_size > 1:
+        finite = strategy.reduce_boolean_decision(finite, all=True)
+    if finite:
+        return
+    bad = [
+        (name, value.item()) for name, value in terms.items() if name != "loss" and not torch.isfinite(value)
+    ]
+    if not bad and not torch.isfinite(terms["loss"]):
+        bad = [("loss", terms["loss"].item())]
+    listing = ", ".join(f"'{name}' is {value}" for name, value in bad)
+    what = (
+        f"train loss term{'s' if len(bad) > 1 else ''} {listing}"
+        if bad
+        else "the loss of another process is not finite"
+    )
+    raise FloatingPointError(
+        f"step {step}: {what}; stopping at the first non-finite loss (check the learning rate, "
+        "the loss settings model.loss.* and the data of this batch)"
+    )
 
 
 def check_compatible(checkpoint: Mapping[str, Any], identity: Mapping[str, Any]) -> None:

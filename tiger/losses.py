@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from tiger import options
 from tiger.tasks import IGNORE_INDEX, Task, unit_vectors
 
 EDGE_POSITIVE_WEIGHT = 0.95
@@ -153,9 +154,9 @@ class TigerLoss(nn.Module):
 
     Args:
         tasks: the tasks, each carrying its lambda_j as ``weight``.
-        lambda_cf: weight of the counterfactual loss; 0 disables it (and its extra passes).
-        tau: temperature of the causal importance distribution (eq. 10).
-        eps: the epsilon of eq. 9.
+        lambda_cf: weight of the counterfactual loss, >= 0; 0 disables it (and its extra passes).
+        tau: temperature of the causal importance distribution (eq. 10), > 0.
+        eps: the epsilon of eq. 9, > 0.
     """
 
     def __init__(
@@ -163,7 +164,9 @@ class TigerLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.tasks = list(tasks)
-        self.lambda_cf, self.tau, self.eps = lambda_cf, tau, eps
+        self.lambda_cf = options.real(lambda_cf, "lambda_cf", minimum=0.0)
+        self.tau = options.real(tau, "tau", minimum=0.0, exclusive=True)
+        self.eps = options.real(eps, "eps", minimum=0.0, exclusive=True)
 
     def uses_counterfactual(self, num_experts: int) -> bool:
         """Whether :meth:`forward` needs counterfactual predictions (lambda_cf > 0 and M > 1)."""

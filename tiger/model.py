@@ -10,6 +10,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from tiger import options
 from tiger.instructions import TaskRepresentation
 from tiger.nn import (
     ExpertProjection,
@@ -121,8 +122,22 @@ class TIGER(nn.Module):
         names = [task.name for task in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate task names in {names}")
-        if len(grid) != 2 or min(grid) < 1:
-            raise ValueError(f"grid must be two positive integers (H, W), got {grid!r}")
+        check_options(
+            grid,
+            dim=dim,
+            task_dim=task_dim,
+            rank=rank,
+            hyper_hidden=hyper_hidden,
+            query_width=query_width,
+            expert_interaction=expert_interaction,
+            task_interaction=task_interaction,
+            expert_interaction_layers=expert_interaction_layers,
+            task_interaction_layers=task_interaction_layers,
+            num_heads=num_heads,
+            decoder_width=decoder_width,
+            decoder_upsamples=decoder_upsamples,
+            projection_hidden=projection_hidden,
+        )
         self.tasks = list(tasks)
         self.grid = (int(grid[0]), int(grid[1]))
         self.experts = nn.ModuleList(experts)
@@ -235,6 +250,43 @@ class TIGER(nn.Module):
 
     def experts_state_dict(self) -> dict[str, Tensor]:
         return {key: value for key, value in self.state_dict().items() if key.startswith("experts.")}
+
+
+def check_options(
+    grid: Sequence[int], *, expert_interaction: bool, task_interaction: bool, **sizes: int | None
+) -> None:
+    """Raise an :class:`tiger.options.OptionError` naming the first option of :class:`TIGER` out of range.
+
+    The grid is two integers >= 1 (never truncated: 4.5 is an error, not 4); the switches are bools;
+    every size is an integer >= 1 (``decoder_upsamples`` >= 0, ``projection_hidden`` None = 2 dim);
+    ``num_heads`` divides ``dim``; ``query_width`` is a multiple of 16 and each decoder stage a channel
+    count that GroupNorm can split (the group counts of :mod:`tiger.nn`). Sizes of a switched-off part are
+    not checked.
+    """
+    options.size(grid, "grid")
+    options.flag(expert_interaction, "expert_interaction")
+    options.flag(task_interaction, "task_interaction")
+    unused = {"num_heads"} if not (expert_interaction or task_interaction) else set()
+    unused |= {"expert_interaction_layers"} if not expert_interaction else set()
+    unused |= {"task_interaction_layers"} if not task_interaction else set()
+    for key, value in sizes.items():
+        if key not in unused and not (key == "projection_hidden" and value is None):
+            options.integer(value, key, minimum=0 if key == "decoder_upsamples" else 1)
+    dim, heads = sizes["dim"], sizes["num_heads"]
+    if "num_heads" not in unused and dim % heads:
+        raise options.OptionError("num_heads", f"must divide dim={dim}, got {heads}")
+    if sizes["query_width"] % 16:
+        raise options.OptionError("query_width", f"must be a multiple of 16, got {sizes['query_width']}")
+    width, upsamples = sizes["decoder_width"], sizes["decoder_upsamples"]
+    stages = [width // 2**i for i in range(upsamples + 1)]
+    for channels in stages:
+        if channels < 4 or channels % min(32, channels // 4):
+            raise options.OptionError(
+                "decoder_width",
+                f"must halve into channel counts C that GroupNorm splits into min(32, C // 4) groups, got "
+                f"{width}: with decoder_upsamples={upsamples} the stages are {stages} and {channels} is not; "
+                f"a multiple of {32 * 2**upsamples} always is",
+            )
 
 
 def check_images(images: Tensor) -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from tiger.options import OptionError
 from tiger.report import write_report
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,35 @@ def resolve_checkpoint(path: str | None) -> str | None:
     return str(candidate)
 
 
+def user_key(cfg: DictConfig, key: str) -> str:
+    """The config key a user sets for ``key``: ``model.net.grid`` -> ``data.grid`` (``${data.grid}``)."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        parent = OmegaConf.select(cfg, ".".join(parts[: end - 1])) if end > 1 else cfg
+        name = parts[end - 1]
+        if isinstance(parent, DictConfig) and name in parent and OmegaConf.is_interpolation(parent, name):
+            raw = OmegaConf.to_container(parent, resolve=False)[name]
+            source = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+            if source:
+                return user_key(cfg, ".".join([source.group(1), *parts[end:]]))
+    return key
+
+
+def instantiate_option(cfg: DictConfig, key: str) -> Any:
+    """``hydra.utils.instantiate`` of ``cfg.<key>``; an option out of range names the key the user sets.
+
+    Raises:
+        OptionError: e.g. ``data.grid must be 2 integers (H, W) >= 1, got [4.5, 5]: 4.5 is not``.
+    """
+    try:
+        return hydra.utils.instantiate(OmegaConf.select(cfg, key), _convert_="all")
+    except InstantiationException as error:
+        if isinstance(error.__cause__, OptionError):
+            cause = error.__cause__
+            raise OptionError(user_key(cfg, f"{key}.{cause.key}"), cause.problem) from None
+        raise
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate the best checkpoint, write results.json and the routing report; return the results."""
     threads = cfg.get("torch_threads")
@@ -45,9 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
 
-    datamodule = hydra.utils.instantiate(cfg.data.datamodule, _convert_="all")
+    datamodule = instantiate_option(cfg, "data.datamodule")
     datamodule.setup("fit")  # fail at once on missing data, before building the experts
-    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    module = instantiate_option(cfg, "model")
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -8,6 +8,7 @@ import torch
 
 from tiger.data import DatasetLayoutError, MultiTaskDataModule, NYUDv2, SyntheticScenes, build_dataset
 from tiger.data.transforms import TrainTransform
+from tiger.options import OptionError
 
 SYNTHETIC = {"num_train": 6, "num_val": 3, "seed": 2, "size": [32, 40]}
 
@@ -107,3 +108,24 @@ def test_workers_draw_different_reproducible_augmentations(seed):
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     # samples 0 and 1 are the first draws of workers 0 and 1: their generators differ
     assert len({tuple(b.flatten().tolist()) for b in first}) == 8
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"train_size": (32.5, 40)}, r"^train_size must be 2 integers \(H, W\) >= 1, got \[32.5, 40\]"),
+        ({"eval_size": (0, 40)}, r"^eval_size must be 2 integers"),
+        ({"batch_size": 0}, r"^batch_size must be >= 1, got 0$"),
+        ({"batch_size": 2.5}, r"^batch_size must be an integer, got 2.5"),
+        ({"eval_batch_size": -1}, r"^eval_batch_size must be >= 1, got -1$"),
+        ({"num_workers": -1}, r"^num_workers must be >= 0, got -1$"),
+        ({"synthetic": {**SYNTHETIC, "num_train": 0}}, r"^synthetic.num_train must be >= 1, got 0$"),
+        ({"synthetic": {**SYNTHETIC, "size": [32, 40.5]}}, r"^synthetic.size must be 2 integers"),
+    ],
+)
+def test_sizes_are_checked_never_truncated(changes, message):
+    arguments = {"train_size": (32, 40), "num_workers": 0, "synthetic": SYNTHETIC, **changes}
+    with pytest.raises(OptionError, match=message):
+        MultiTaskDataModule("synthetic", None, ["depth"], **arguments)
+    with pytest.raises(OptionError, match=r"^size must be 2 integers \(H, W\) >= 1, got \[24.5, 32\]"):
+        TrainTransform((24.5, 32))

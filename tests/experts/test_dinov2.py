@@ -55,11 +55,21 @@ def test_missing_folder_names_the_path(tmp_path) -> None:
         build_expert("dinov2_b14", weights=str(missing))
 
 
-def test_offline_hub_name_is_a_short_clear_error(hub_offline) -> None:
+def test_checkpoint_of_another_depth_or_head_count_is_refused(tmp_path) -> None:
+    config = Dinov2Config(hidden_size=48, num_hidden_layers=1, num_attention_heads=4, image_size=224)
+    Dinov2Model(config).save_pretrained(tmp_path)  # same width and patch as dinov2_tiny
+    with pytest.raises(
+        ExpertWeightsError, match="num_hidden_layers=1, expected 2; num_attention_heads=4, expected 2"
+    ):
+        build_expert("dinov2_tiny", weights=str(tmp_path))
+
+
+def test_offline_hub_name_is_a_short_clear_error(hub_offline, tmp_path) -> None:
     with pytest.raises(ExpertWeightsError) as info:
         build_expert("dinov2_b14")
     message = str(info.value)
     assert "facebook/dinov2-base" in message and "experts.<role>.weights=" in message
+    assert f"cached under {tmp_path / 'hf_cache'}" in message  # the hub's real cache ($HF_HOME), not ~/.cache
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Owlv2Config, Owlv2ForObjectDetection
+from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2VisionConfig, Owlv2VisionModel
 
 from tiger.experts import ExpertWeightsError, build_expert
 from tiger.experts.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -57,6 +57,20 @@ def test_whole_detector_folder_like_the_hub_checkpoint_loads(tmp_path, images: t
         hidden = vision(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
         reference = vision.post_layernorm(hidden[:, 1:]).transpose(1, 2).reshape(2, 64, 3, 2)
     torch.testing.assert_close(loaded(images, (3, 2)), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_hidden_layers": 1}, "num_hidden_layers=1, expected 2"),
+        ({"num_attention_heads": 4}, "num_attention_heads=4, expected 2"),
+        ({"intermediate_size": 96}, "intermediate_size=96, expected 128"),
+    ],
+)
+def test_checkpoint_of_another_depth_heads_or_mlp_is_refused(tmp_path, change, message) -> None:
+    Owlv2VisionModel(Owlv2VisionConfig(**{**OWLV2_TINY.config, **change})).save_pretrained(tmp_path)
+    with pytest.raises(ExpertWeightsError, match=f"have {message}: pick the expert name"):
+        build_expert("owlv2_tiny", weights=str(tmp_path))
 
 
 def test_folder_of_another_family_is_refused(tmp_path) -> None:

@@ -64,7 +64,13 @@ def test_whole_sam_state_dict_gives_the_saved_features(tiny_sam: Sam, tmp_path, 
     reference = SamExpert(tiny_sam.image_encoder, name="sam_tiny", identity={})
     assert torch.equal(loaded(images, (3, 5)), reference(images, (3, 5)))
     assert not torch.allclose(build_expert("sam_tiny")(images, (3, 5)), reference(images, (3, 5)))
-    assert loaded.identity == {"name": "sam_tiny", "weights": str(path.resolve()), "seed": 0, "neck": True}
+    assert loaded.identity == {
+        "name": "sam_tiny",
+        "weights": str(path.resolve()),
+        "seed": 0,
+        "neck": True,
+        "pos_embed_antialias": True,
+    }
 
 
 def test_encoder_only_state_dict_loads(tiny_sam: Sam, tmp_path, images: torch.Tensor) -> None:
@@ -81,6 +87,40 @@ def test_other_grids_leave_the_stored_position_embedding_alone(tiny_sam: Sam, im
     before = expert.backbone.pos_embed.clone()
     expert(images, (3, 5))
     assert torch.equal(expert.backbone.pos_embed, before)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_position_table_is_resized_bicubic_with_the_chosen_antialiasing(
+    tiny_sam: Sam, antialias, images
+) -> None:
+    encoder = tiny_sam.image_encoder
+    expert = SamExpert(encoder, name="sam_tiny", identity={}, pos_embed_antialias=antialias)
+    grid = (3, 5)  # the 8x8 table downsampled, as SAM's 64x64 is at the NYUD grid
+    pixels = torch.nn.functional.interpolate(images, size=(48, 80), mode="bilinear")
+    pixels = (pixels - expert.pixel_mean) / expert.pixel_std
+    tables = {
+        flag: torch.nn.functional.interpolate(
+            encoder.pos_embed.permute(0, 3, 1, 2),
+            size=grid,
+            mode="bicubic",
+            antialias=flag,
+            align_corners=False,
+        ).permute(0, 2, 3, 1)
+        for flag in (True, False)
+    }
+    assert (tables[True] - tables[False]).abs().max() > 1e-2  # the two conventions differ here
+    with torch.no_grad():
+        x = encoder.patch_embed(pixels) + tables[antialias]
+        for block in encoder.blocks:
+            x = block(x)
+        reference = encoder.neck(x.permute(0, 3, 1, 2))
+    torch.testing.assert_close(expert(images, grid), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_antialiased_resizing_is_the_default_and_part_of_the_identity() -> None:
+    expert = build_expert("sam_tiny")
+    assert expert.pos_embed_antialias is True and expert.identity["pos_embed_antialias"] is True
+    assert build_expert(**{**expert.identity, "pos_embed_antialias": False}).pos_embed_antialias is False
 
 
 def test_wrong_state_dict_names_file_and_keys(tmp_path) -> None:

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from tiger import options
 from tiger.data.common import DOWNLOAD_HINT, DatasetLayoutError, MultiTaskDataset, RawSample
 from tiger.data.nyud import NYUD_LAYOUT, NYUDv2
 from tiger.data.pascal import PASCAL_LAYOUT, PascalContext
@@ -129,22 +130,30 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.dataset_class = _dataset_class(dataset)
         self.dataset_name = dataset
         self.tasks = tuple(tasks)
-        self.train_size = (int(train_size[0]), int(train_size[1]))
-        self.eval_size = tuple(int(s) for s in eval_size) if eval_size is not None else self.train_size
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.train_size = options.size(train_size, "train_size")  # never truncated: 4.5 is an error
+        self.eval_size = options.size(eval_size, "eval_size") if eval_size is not None else self.train_size
+        self.batch_size = options.integer(batch_size, "batch_size", minimum=1)
+        self.eval_batch_size = options.integer(
+            batch_size if eval_batch_size is None else eval_batch_size, "eval_batch_size", minimum=1
+        )
+        self.num_workers = options.integer(num_workers, "num_workers", minimum=0)
+        self.pin_memory = bool(pin_memory)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.seed = seed
         if dataset == "synthetic":
-            options = dict(synthetic or {})
+            settings = dict(synthetic or {})
             expected = {"num_train", "num_val", "seed", "size", "cache"}
-            if set(options) - expected or not {"num_train", "num_val"} <= set(options):
+            if set(settings) - expected or not {"num_train", "num_val"} <= set(settings):
                 raise ValueError(
                     "synthetic needs keys num_train, num_val (and optionally seed, size, cache), "
-                    f"got {options}"
+                    f"got {settings}"
                 )
-            self.synthetic = {"seed": 0, "size": self.train_size, **options}
+            for key in ("num_train", "num_val"):
+                options.integer(settings[key], f"synthetic.{key}", minimum=1)
+            options.integer(settings.get("seed", 0), "synthetic.seed")
+            if "size" in settings:
+                settings["size"] = options.size(settings["size"], "synthetic.size")
+            self.synthetic = {"seed": 0, "size": self.train_size, **settings}
             self.root = None
         else:
             if synthetic:

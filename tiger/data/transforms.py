@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from tiger import options
 from tiger.tasks import IGNORE_INDEX
 
 RawSample = dict[str, Any]
@@ -293,7 +294,7 @@ class TrainTransform:
     _random: _SeededRandom = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.size = (int(self.size[0]), int(self.size[1]))
+        self.size = options.size(self.size, "size")  # never truncated: 4.5 is an error
         self._random = _SeededRandom(self.seed)
 
     def __call__(self, raw: RawSample, rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -319,7 +320,7 @@ class EvalTransform:
     ignore_empty_parts: bool = True
 
     def __post_init__(self) -> None:
-        self.size = (int(self.size[0]), int(self.size[1]))
+        self.size = options.size(self.size, "size")  # never truncated: 4.5 is an error
 
     def __call__(self, raw: RawSample) -> dict[str, Any]:
         height, width = raw["image"].shape[:2]

@@ -19,6 +19,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CONFIG_HINT = "or give a local copy in the config: experts.<role>.weights=/path"
+POS_EMBED_ANTIALIAS = True
+"""Default ``pos_embed_antialias`` of the experts that resize a position table themselves (CLIP, SAM):
+antialiased bicubic, as open_clip's ``resize_pos_embed`` and timm's ``resample_abs_pos_embed`` (timm's
+SAM too) do; False gives plain bicubic, the way transformers resizes DINOv2's and OWLv2's."""
 NO_OFFICIAL_WEIGHTS = "none, this tiny expert is random (weights=default, seeded by its seed option)"
 
 
@@ -182,6 +186,14 @@ def find_weights_file(folder: Path, names: Sequence[str], expert: str) -> Path:
         f"weights for expert {expert!r}: folder {str(folder)!r} holds none of {list(names)}; "
         "give the checkpoint file itself"
     )
+
+
+def hub_cache() -> str:
+    """Where the Hugging Face hub caches downloads (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``), as huggingface_hub itself resolves it."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
 def short_reason(error: BaseException, limit: int = 400, lines: int = 1) -> str:

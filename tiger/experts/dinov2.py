@@ -42,7 +42,8 @@ DINOV2_TINY = Dinov2Spec(
 class Dinov2Expert(Expert):
     """Patch tokens of ``Dinov2Model.last_hidden_state`` (after its final layernorm) without CLS or registers.
 
-    HF DINOv2 interpolates its position embedding to any grid by itself.
+    HF DINOv2 interpolates its position embedding to any grid by itself: plain bicubic (no antialiasing)
+    from its table (37x37 at 518 pixels) straight to (H, W), in float32, skipped only at a square native grid.
     """
 
     def __init__(self, model: Dinov2Model, *, name: str, identity: dict) -> None:

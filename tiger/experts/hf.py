@@ -14,10 +14,22 @@ from tiger.experts.base import (
     CONFIG_HINT,
     NO_OFFICIAL_WEIGHTS,
     ExpertWeightsError,
+    hub_cache,
     local_weights,
     seeded,
     short_reason,
 )
+
+ARCHITECTURE_KEYS = (
+    "hidden_size",
+    "patch_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "mlp_ratio",
+)
+"""Config values that make an expert name's architecture: loaded weights must agree on each one the
+expert's config has (width, patch, depth, heads, MLP width)."""
 
 
 @contextmanager
@@ -56,7 +68,8 @@ def load_hf_model(
 
     Args:
         model_class: e.g. ``Dinov2Model``.
-        config: the architecture the expert name stands for; a loaded model must match its width and patch.
+        config: the architecture the expert name stands for; a loaded model must match each of its
+            :data:`ARCHITECTURE_KEYS` (width, patch, depth, heads, MLP width).
         source: None, a hub id, or a local folder written by ``save_pretrained``.
         expert: expert name, for error messages.
         seed: seed of the random init.
@@ -79,7 +92,7 @@ def load_hf_model(
         raise ExpertWeightsError(
             f"weights for expert {expert!r} could not be loaded from {source!r} ({short_reason(error)}). "
             f"Download them on a machine with internet (`hf download {source}`, cached under "
-            f"~/.cache/huggingface) {CONFIG_HINT}/to/save_pretrained_folder"
+            f"{hub_cache()}) {CONFIG_HINT}/to/save_pretrained_folder"
         ) from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -87,10 +100,14 @@ def load_hf_model(
             f"weights for expert {expert!r} from {source!r} lack {len(missing)} parameters of "
             f"{model_class.__name__}, e.g. {missing[:5]}"
         )
-    for key in ("hidden_size", "patch_size"):
-        if getattr(model.config, key) != getattr(config, key):
-            raise ExpertWeightsError(
-                f"weights for expert {expert!r} from {source!r} have {key}={getattr(model.config, key)}, "
-                f"expected {getattr(config, key)}: pick the expert name that matches these weights"
-            )
+    differences = [
+        f"{key}={getattr(model.config, key, None)}, expected {getattr(config, key)}"
+        for key in ARCHITECTURE_KEYS
+        if hasattr(config, key) and getattr(model.config, key, None) != getattr(config, key)
+    ]
+    if differences:
+        raise ExpertWeightsError(
+            f"weights for expert {expert!r} from {source!r} have {'; '.join(differences)}: pick the expert "
+            "name that matches these weights"
+        )
     return model.eval()

@@ -52,7 +52,13 @@ OWLV2_TINY = Owlv2Spec(
 
 
 class Owlv2Expert(Expert):
-    """Patch tokens of the OWLv2 vision tower after ``post_layernorm`` (as the detector uses them), no CLS."""
+    """Patch tokens of the OWLv2 vision tower after its ``post_layernorm``, without the CLS token.
+
+    These are the CLIP-style image tokens, not the detector's box features: ``Owlv2ForObjectDetection``
+    (``image_embedder``) further multiplies each patch token by the class token and applies its own
+    ``layer_norm``, whose weights live outside the vision tower. The position table is resized by
+    transformers (``interpolate_pos_encoding=True``: plain bicubic, no antialiasing).
+    """
 
     def __init__(self, model: Owlv2VisionModel, *, name: str, identity: dict) -> None:
         super().__init__(

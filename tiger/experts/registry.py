@@ -48,7 +48,9 @@ def build_expert(name: str, weights: str | Path | None = "default", **options) -
             (random init of the architecture), or a local folder / checkpoint file in the library's format
             (a hub id or open_clip tag also works for the transformers and open_clip families).
         **options: family options: ``seed`` (random init, all), ``neck`` (SAM: 256-channel neck output or
-            the ViT width), ``norm`` and ``model_kwargs`` (timm: final norm, ``timm.create_model`` args).
+            the ViT width), ``pos_embed_antialias`` (CLIP, SAM: antialiased bicubic resizing of the position
+            table, default True), ``norm`` and ``model_kwargs`` (timm: final norm, ``timm.create_model``
+            args).
 
     ``build_expert(**expert.identity)`` rebuilds an expert.
 

@@ -18,12 +18,14 @@ from tiger.experts.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     NO_OFFICIAL_WEIGHTS,
+    POS_EMBED_ANTIALIAS,
     Expert,
     ExpertWeightsError,
     existing_path,
     seeded,
     short_reason,
 )
+from tiger.options import flag
 
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 ENCODER_PREFIX = "image_encoder."
@@ -118,11 +120,20 @@ def check_state_fits(module: nn.Module, state: Mapping[str, Tensor], expert: str
 class SamExpert(Expert):
     """SAM image-encoder tokens: the 256-channel neck output by default, or the pre-neck ViT features.
 
-    The absolute position embedding is resampled (bicubic) to the grid on every call; the windowed
-    and global attention blocks handle any grid (their relative-position tables resize themselves).
+    The absolute position embedding is resampled (bicubic, antialiased unless ``pos_embed_antialias`` is
+    False: timm's SAM convention) to the grid on every call; the windowed and global attention blocks
+    handle any grid (their relative-position tables resize themselves).
     """
 
-    def __init__(self, encoder: ImageEncoderViT, *, name: str, identity: dict, neck: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: ImageEncoderViT,
+        *,
+        name: str,
+        identity: dict,
+        neck: bool = True,
+        pos_embed_antialias: bool = POS_EMBED_ANTIALIAS,
+    ) -> None:
         embed_dim = encoder.patch_embed.proj.out_channels
         if not neck:
             encoder.neck = nn.Identity()
@@ -135,12 +146,15 @@ class SamExpert(Expert):
             std=IMAGENET_STD,
             identity=identity,
         )
+        self.pos_embed_antialias = flag(pos_embed_antialias, "pos_embed_antialias")
 
     def extract(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
         encoder = self.backbone
         x = encoder.patch_embed(pixels)  # (B, H, W, C)
         if encoder.pos_embed is not None:
-            pos_embed = resample_abs_pos_embed_nhwc(encoder.pos_embed, new_size=list(grid), antialias=False)
+            pos_embed = resample_abs_pos_embed_nhwc(
+                encoder.pos_embed, new_size=list(grid), antialias=self.pos_embed_antialias
+            )
             x = x + pos_embed.to(x.dtype)
         for block in encoder.blocks:
             x = block(x)
@@ -182,7 +196,12 @@ def load_sam_state(spec: SamSpec, source: str) -> dict[str, Tensor]:
 
 
 def build_sam_expert(
-    spec: SamSpec, weights: str | Path | None = "default", *, seed: int = 0, neck: bool = True
+    spec: SamSpec,
+    weights: str | Path | None = "default",
+    *,
+    seed: int = 0,
+    neck: bool = True,
+    pos_embed_antialias: bool = POS_EMBED_ANTIALIAS,
 ) -> SamExpert:
     """Build a SAM image-encoder expert.
 
@@ -192,7 +211,10 @@ def build_sam_expert(
             SAM-format state dict file (a whole ``Sam`` as in ``sam_vit_b_01ec64.pth``, or the encoder alone).
         seed: seed of the random init when no weights are loaded.
         neck: True for the neck output (``out_chans``, 256 for the real models), False for the ViT width.
+        pos_embed_antialias: antialiased bicubic resizing of the position table (timm's SAM convention),
+            or plain bicubic.
     """
+    flag(pos_embed_antialias, "pos_embed_antialias")
     source = spec.default_weights if weights == "default" else weights
     stored = weights
     state = None
@@ -210,5 +232,13 @@ def build_sam_expert(
     if state is not None:
         check_state_fits(encoder, state, spec.name, str(source))
         encoder.load_state_dict(state, strict=True)
-    identity = {"name": spec.name, "weights": stored, "seed": seed, "neck": neck}
-    return SamExpert(encoder, name=spec.name, identity=identity, neck=neck)
+    identity = {
+        "name": spec.name,
+        "weights": stored,
+        "seed": seed,
+        "neck": neck,
+        "pos_embed_antialias": pos_embed_antialias,
+    }
+    return SamExpert(
+        encoder, name=spec.name, identity=identity, neck=neck, pos_embed_antialias=pos_embed_antialias
+    )
