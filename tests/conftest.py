@@ -80,7 +80,7 @@ STUDY_OVERRIDES = (  # the known-answer study at its smallest: one seed, depth a
     "data.datamodule.synthetic.num_train=128",
     "data.datamodule.synthetic.num_val=16",
     "trainer.max_steps=60",
-    "hydra/launcher=basic",
+    "hydra.launcher.n_jobs=1",
     "trainer.val_check_interval=30",
     "callbacks.model_checkpoint.every_n_train_steps=60",
 )
