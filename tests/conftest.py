@@ -80,8 +80,8 @@ STUDY_OVERRIDES = (  # the known-answer study at its smallest: one seed, depth a
     "data.datamodule.synthetic.num_train=128",
     "data.datamodule.synthetic.num_val=16",
     "trainer.max_steps=60",
-    "hydra/launcher=basic",
-    "trainer.val_check_interval=30",
+    "hydra.launcher.n_jobs=1",
+    "trainer.val_check_interval=60",
     "callbacks.model_checkpoint.every_n_train_steps=60",
 )
 

@@ -18,8 +18,10 @@ def test_routing_puts_more_mass_on_the_specialist_than_on_either_distractor(stud
         assert set(row) == {"study_geometry", "study_boundary", "study_noise", "study_loud"}
         assert row[specialist] > row["study_noise"] and row[specialist] > row["study_loud"], (task, row)
         assert row[specialist] > 0.3, (task, row)  # uniform routing would give 0.25
-    # routing mass is recorded at every validation of the fit (steps 30 and 60)
-    assert [point["step"] for point in results["routing_history"]] == [30, 60]
+    # the routing mass of training batches is recorded every log_every_n_steps (20) steps
+    history = results["routing_history"]
+    assert [point["step"] for point in history] == [0, 20, 40]
+    assert all(math.isclose(sum(point["usage"]["depth"].values()), 1.0, abs_tol=1e-5) for point in history)
 
 
 def test_gathered_study_has_every_figure(study_multirun: Path) -> None:

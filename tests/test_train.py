@@ -27,6 +27,16 @@ TINY = {
     "dinov2_l14": "dinov2_tiny",
 }
 TINY |= {"sam_b": "sam_tiny", "owlv2_l14": "owlv2_tiny"}
+
+
+def tiny_stand_in(spec: dict) -> dict:
+    """A small expert for a configured one: the tiny random versions of the real families, and the study's
+    own experts untrained (nothing is pretrained into the user's cache)."""
+    if spec["name"].startswith("study_"):
+        return {"name": spec["name"], "weights": None}
+    return {"name": TINY[spec["name"]]}
+
+
 FAST = [
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
@@ -67,7 +77,7 @@ def test_every_experiment_composes_and_instantiates(experiment, monkeypatch, tmp
         cfg = compose_config(f"experiment={experiment}", *variant)
         net = plain_config(cfg.model.net)
         # tiny stand-ins for the pretrained experts, a small grid, and the real model options
-        net["experts"] = {role: {"name": TINY[spec["name"]]} for role, spec in net["experts"].items()}
+        net["experts"] = {role: tiny_stand_in(spec) for role, spec in net["experts"].items()}
         net["grid"] = [2, 3]
         module_cfg = {**plain_config(cfg.model), "net": net, "dataset": "synthetic"}
         module = instantiate(module_cfg, _convert_="all")

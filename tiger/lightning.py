@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import Strategy
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from tiger.analysis import RoutingStatistics, counterfactual_importance
@@ -87,7 +86,7 @@ class TigerModule(L.LightningModule):
             self.net.task_names, self.net.expert_names, list(routing_analysis)
         )
         self.last_routing: dict[str, Any] = {}
-        self.routing_history: list[dict[str, Any]] = []  # {"step", "usage"} at every validation of a fit
+        self.routing_history: list[dict[str, Any]] = []  # {"step", "usage"} of training batches
 
     def forward(self, images: Tensor):
         return self.net(images)
@@ -100,6 +99,8 @@ class TigerModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         output = self.net(batch["image"])
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.record_routing(output.alpha)
         counterfactual = None
         if self.criterion.uses_counterfactual(len(self.net.experts)):
             counterfactual = self.net.counterfactual(output, self.removal, self.criterion.eps)
@@ -150,8 +151,16 @@ class TigerModule(L.LightningModule):
                 logged[f"val/faithfulness/{removal}/{task}/spearman"] = row["spearman"]
                 logged[f"val/faithfulness/{removal}/{task}/top1"] = row["top1"]
         self.log_dict(logged, sync_dist=False)
-        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
-            self.routing_history.append({"step": int(self.global_step), "usage": routing["usage"]})
+
+    def record_routing(self, alpha: Tensor) -> None:
+        """Keep the mean routing weight per task and expert of a training batch in :attr:`routing_history`
+        (every ``trainer.log_every_n_steps`` steps: the routing mass over training, at no extra cost)."""
+        mean = alpha.detach().float().mean((0, 3)).cpu()
+        usage = {
+            task: {expert: float(mean[t, k]) for k, expert in enumerate(self.net.expert_names)}
+            for t, task in enumerate(self.net.task_names)
+        }
+        self.routing_history.append({"step": int(self.global_step), "usage": usage})
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

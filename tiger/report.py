@@ -18,7 +18,7 @@ def write_report(module: Any, datamodule: Any, output_dir: Path, max_batches: in
 
     Returns ``{"routing_figure": path, "expert_usage": {task: {expert: weight}}, "routing": the last
     validation's :class:`tiger.analysis.RoutingStatistics` (usage and faithfulness over the whole validation
-    set), "routing_history": [{"step", "usage"}] of the validations during training}``.
+    set), "routing_history": [{"step", "usage"}] of training batches every log_every_n_steps}``.
     """
     net = module.net.eval()
     device = next(p for p in net.parameters() if p.requires_grad).device

@@ -20,6 +20,11 @@ def test_known_experts() -> None:
         "dinov2_tiny",
         "sam_tiny",
         "owlv2_tiny",
+        "study_semantics",
+        "study_geometry",
+        "study_boundary",
+        "study_noise",
+        "study_loud",
     }
 
 
