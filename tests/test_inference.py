@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tiger.checkpoint import read_checkpoint
 from tiger.experts import ExpertWeightsError
-from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model, read_checkpoint
+from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
 from tiger.losses import TigerLoss, causal_importance
 from tiger.tasks import NUM_HUMAN_PARTS
 from tiger.viz import expert_usage, routing_agreement
@@ -186,9 +187,12 @@ def test_unknown_format_and_changed_keys(tiny_checkpoint: Path, tmp_path: Path) 
     with pytest.raises(ValueError) as error:
         load_model(changed)
     message = str(error.value)
-    assert "missing from the checkpoint: heads.heads.depth.1.bias" in message
-    assert "not in this model: extra.weight" in message
-    assert "heads.heads.normals.1.weight: checkpoint (4," in message
+    assert f"{changed}: the checkpoint does not fit this TIGER configuration" in message
+    assert 'Missing key(s) in state_dict: "heads.heads.depth.1.bias"' in message
+    assert 'Unexpected key(s) in state_dict: "extra.weight"' in message
+    assert (
+        "size mismatch for heads.heads.normals.1.weight: copying a param with shape torch.Size([4," in message
+    )
 
 
 def test_expert_weights_overrides(tiny_checkpoint: Path, tmp_path: Path) -> None:

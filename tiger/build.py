@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tiger.instructions import DEFAULT_ENCODER, encode_instructions
 from tiger.model import TIGER
-from tiger.tasks import TASK_NAMES, make_task
+from tiger.tasks import TASKS, make_task
 
 
 def expert_specs(
@@ -52,11 +52,9 @@ def build_tiger(
     instructions = dict(instructions or {})
     texts = dict(instructions.get("texts") or {})
     weights = dict(task_weights or {})
-    unknown = sorted((set(texts) | set(weights)) - set(TASK_NAMES))
+    unknown = sorted((set(texts) | set(weights)) - set(TASKS))
     if unknown:
-        raise ValueError(
-            f"instructions or weights given for unknown tasks {unknown}; known: {list(TASK_NAMES)}"
-        )
+        raise ValueError(f"instructions or weights given for unknown tasks {unknown}; known: {list(TASKS)}")
     task_list = [
         make_task(
             name, num_classes=num_semseg_classes, instruction=texts.get(name), weight=weights.get(name, 1.0)

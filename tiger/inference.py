@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +35,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-from tiger.build import build_tiger, expert_specs
+from tiger.checkpoint import build_model, read_checkpoint
 from tiger.losses import TigerLoss, causal_importance
 from tiger.model import TIGER, TigerOutput
 from tiger.nn import QueryEncoder
 from tiger.tasks import IGNORE_INDEX, Task
-from tiger.viz import colorize, expert_usage, format_usage_table, routing_agreement
+from tiger.viz import expert_usage, format_usage_table, routing_agreement
 
-SUPPORTED_FORMATS = (1,)  # tiger.lightning.CHECKPOINT_FORMAT values this module can read
-INSTRUCTION_KEY = "net.task_representation.instruction_embeddings"
 ASPECT_TOLERANCE = 1.25  # largest stretch (either way) of an image's aspect ratio onto the training grid
 
 ImageLike = Image.Image | np.ndarray | Tensor
@@ -137,44 +134,6 @@ class RoutingReport:
         return text
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU (``weights_only``) and check that it is a TIGER checkpoint.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: ``not a TIGER checkpoint: <path> ...`` when it cannot be read, has no ``tiger`` section
-            or state dict, or has an unknown format.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ... on foreign files
-        raise ValueError(
-            f"not a TIGER checkpoint: {path} cannot be read by torch.load(weights_only=True) "
-            f"({_load_failure(error)})"
-        ) from error
-    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("tiger"), Mapping):
-        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ValueError(
-            f"not a TIGER checkpoint: {path} has no 'tiger' section (it has {keys}); checkpoints are written "
-            "by `python -m tiger.train`"
-        )
-    saved = checkpoint["tiger"]
-    if saved.get("format") not in SUPPORTED_FORMATS:
-        raise ValueError(
-            f"not a TIGER checkpoint: {path} has tiger format {saved.get('format')!r}; this version reads "
-            f"formats {list(SUPPORTED_FORMATS)}"
-        )
-    for key in ("net", "experts", "tasks"):
-        if key not in saved:
-            raise ValueError(f"not a TIGER checkpoint: {path}: its 'tiger' section lacks {key!r}")
-    if not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise ValueError(f"not a TIGER checkpoint: {path} has no 'state_dict'")
-    return dict(checkpoint)
-
-
 def latest_checkpoint(env: str = "TIGER_CHECKPOINT", start: str | Path | None = None) -> Path:
     """The checkpoint named by the environment variable ``env``, else the newest
     ``outputs/train/runs/*/checkpoints/last.ckpt`` in ``start`` (default: the working directory) or the
@@ -200,24 +159,6 @@ def latest_checkpoint(env: str = "TIGER_CHECKPOINT", start: str | Path | None = 
         f"no checkpoint: set ${env} or train one with `python -m tiger.train` (looked for "
         f"outputs/train/runs/*/checkpoints/last.ckpt in {here} and its parents)"
     )
-
-
-def _load_failure(error: BaseException, limit: int = 300) -> str:
-    """The informative part of a ``torch.load`` error (not its advice to load unsafely)."""
-    text = str(error)
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, flags=re.DOTALL)
-    reason = (match.group(1) if match else text).strip().splitlines()
-    line = reason[0] if reason else ""
-    line = line if len(line) <= limit else line[:limit] + "..."
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-def _expert_roles(net: Mapping[str, Any]) -> list[str]:
-    """Role names of the configured experts: the mapping keys, or the expert names for a list."""
-    experts = net["experts"]
-    if isinstance(experts, Mapping):
-        return [str(role) for role in experts]
-    return [str(spec["name"]) for spec in expert_specs(experts)]
 
 
 def load_model(
@@ -246,64 +187,15 @@ def load_model(
         tiger.experts.ExpertWeightsError: an expert's weights cannot be found (offline, missing file).
     """
     path = Path(checkpoint)
-    saved_checkpoint = read_checkpoint(path)
-    saved = saved_checkpoint["tiger"]
-    state = saved_checkpoint["state_dict"]
-    net = dict(saved["net"])
-    roles = _expert_roles(net)
-    identities = [dict(identity) for identity in saved["experts"]]
-    if len(identities) != len(roles):
-        raise ValueError(f"{path}: {len(identities)} expert identities for {len(roles)} configured experts")
-    overrides = dict(expert_weights or {})
-    unknown = sorted(set(overrides) - set(roles))
-    if unknown:
-        raise ValueError(
-            f"expert_weights names roles {unknown} that {path} does not have; its roles: {roles}"
-        )
-    for role, identity in zip(roles, identities, strict=True):
-        if role in overrides:
-            identity["weights"] = None if overrides[role] is None else str(overrides[role])
-    net["experts"] = dict(zip(roles, identities, strict=True))
-
-    encoder = dict(net.get("instructions") or {}).get("encoder", "default")
-    embeddings = state.get(INSTRUCTION_KEY)
-    if encoder is not None and embeddings is None:
-        raise ValueError(
-            f"{path}: the model was trained with instruction encoder {encoder!r} but its state_dict has no "
-            f"{INSTRUCTION_KEY!r}"
-        )
-    model = _build(net, embeddings)
-    trainable = {key[len("net.") :]: value for key, value in state.items() if key.startswith("net.")}
-    try:
-        model.load_trainable_state_dict(trainable)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-    if model.task_names != list(saved["tasks"]):
-        raise ValueError(
-            f"{path}: rebuilt tasks {model.task_names} differ from stored {list(saved['tasks'])}"
-        )
+    saved = read_checkpoint(path)
     return Predictor(
-        model,
-        dataset=str(saved.get("dataset", "")),
-        loss_options=dict(saved.get("loss") or {}),
+        build_model(saved, path, expert_weights),
+        dataset=str(saved["tiger"].get("dataset", "")),
+        loss_options=dict(saved["tiger"].get("loss") or {}),
         device=device,
         keep_aspect=keep_aspect,
         batch_size=batch_size,
     )
-
-
-def _build(net: dict[str, Any], embeddings: Tensor | None) -> TIGER:
-    """build_tiger, with a hint on ``expert_weights`` when an expert's weights are missing."""
-    from tiger.experts import ExpertWeightsError  # every expert family's library: imported on first use
-
-    try:
-        return build_tiger(**net, instruction_embeddings=embeddings)
-    except ExpertWeightsError as error:
-        roles = ", ".join(f"{role}={identity.get('name')}" for role, identity in net["experts"].items())
-        raise ExpertWeightsError(
-            f"{error}\n(inference: give local weights per expert role with load_model(..., expert_weights="
-            f"{{role: path}}) or `python -m tiger.predict ... --expert-weights role=path`; roles: {roles})"
-        ) from error
 
 
 class Predictor:
@@ -417,7 +309,7 @@ class Predictor:
             batch = torch.stack([tensors[i] for i in indices])
             output = self.forward(batch)
             outputs = {
-                task.name: _to_user_units(task, task.postprocess(output.predictions[task.name]))
+                task.name: task.to_numpy(task.postprocess(output.predictions[task.name]))
                 for task in self.model.tasks
                 if task.name in wanted
             }
@@ -518,8 +410,7 @@ def plot_prediction(image: ImageLike, prediction: Prediction, predictor: Predict
     axes[0].imshow(picture)
     axes[0].set_title(f"image {height}x{width}", fontsize=9)
     for ax, task in zip(axes[1:], tasks, strict=False):
-        classes = task.channels if task.is_classification else None
-        ax.imshow(colorize(task.name, prediction[task.name], classes), interpolation="nearest")
+        ax.imshow(task.colorize(prediction[task.name]), interpolation="nearest")
         ax.set_title(task.name, fontsize=9)
     for ax in axes:
         ax.axis("off")
@@ -536,18 +427,6 @@ def ignored_target(task: Task, batch: int, size: tuple[int, int], device: torch.
         return torch.zeros(batch, 3, height, width, device=device)
     dtype = torch.float32 if task.name == "edge" else torch.long
     return torch.full((batch, height, width), IGNORE_INDEX, dtype=dtype, device=device)
-
-
-def _to_user_units(task: Task, prediction: Tensor) -> np.ndarray:
-    """Output of :meth:`Task.postprocess` for a batch -> numpy in the documented per-image layout."""
-    array = prediction.detach().cpu()
-    if task.is_classification:
-        return array.long().numpy()
-    if task.name == "depth":
-        return array[:, 0].float().numpy()
-    if task.name == "normals":
-        return array.permute(0, 2, 3, 1).float().numpy()
-    return array.float().numpy()
 
 
 def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:

@@ -8,7 +8,6 @@ expert-usage table and a routing figure.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from tiger.checkpoint import check_resumable
 from tiger.report import write_report
-
-log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | None) -> str | None:
@@ -30,7 +28,7 @@ def resolve_checkpoint(path: str | None) -> str | None:
         candidate = candidate / "checkpoints" / "last.ckpt"
     if not candidate.is_file():
         raise FileNotFoundError(f"ckpt_path={path!r}: no checkpoint at {candidate}")
-    return str(candidate)
+    return str(check_resumable(candidate))  # a clear error before Lightning reads the file
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -26,34 +26,32 @@ import cv2
 import numpy as np
 import torch
 
-from tiger.tasks import IGNORE_INDEX
+from tiger.tasks import IGNORE_INDEX, TASKS
 
 RawSample = dict[str, Any]
-TARGET_KEYS = ("semseg", "human_parts", "sal", "edge", "depth", "normals")
-PAD_VALUES: dict[str, float] = {
-    "image": 0.0,
-    "semseg": IGNORE_INDEX,
-    "human_parts": IGNORE_INDEX,
-    "sal": IGNORE_INDEX,
-    "edge": IGNORE_INDEX,
-    "depth": 0.0,
-    "normals": 0.0,
-}
+IMAGE_PAD_VALUE = 0.0
 
 
 def _arrays(raw: RawSample) -> list[str]:
-    return [key for key in ("image", *TARGET_KEYS) if key in raw]
+    """The image and the targets of the registered tasks in ``raw`` (what every geometric step moves)."""
+    return [key for key in ("image", *TASKS) if key in raw]
+
+
+def pad_value(key: str) -> float:
+    """The padding value of ``key``: the image's, or the task entry's (ignored target pixels)."""
+    return IMAGE_PAD_VALUE if key == "image" else TASKS[key].pad_value
 
 
 def rescale(raw: RawSample, scale: float) -> RawSample:
-    """Resize by ``scale`` to ``(int(H * scale), int(W * scale))``; depth is divided by ``scale``."""
+    """Resize by ``scale`` to ``(int(H * scale), int(W * scale))``; each task entry adjusts its values
+    (:meth:`tiger.tasks.Task.rescale_target`: depth is divided by ``scale``)."""
     height, width = raw["image"].shape[:2]
     new_hw = (max(1, int(height * scale)), max(1, int(width * scale)))
     out = dict(raw)
     for key in _arrays(raw):
         mode = cv2.INTER_LINEAR if key == "image" else cv2.INTER_NEAREST
         resized = cv2.resize(raw[key], new_hw[::-1], interpolation=mode)
-        out[key] = resized / np.float32(scale) if key == "depth" else resized
+        out[key] = resized if key == "image" else TASKS[key].rescale_target(resized, scale)
     return out
 
 
@@ -114,12 +112,12 @@ def random_crop(
 
 
 def horizontal_flip(raw: RawSample) -> RawSample:
-    """Mirror every array left-right; the x component of the normals changes sign."""
+    """Mirror every array left-right; each task entry adjusts its values
+    (:meth:`tiger.tasks.Task.flip_target`: the x component of the normals changes sign)."""
     out = dict(raw)
     for key in _arrays(raw):
-        out[key] = np.ascontiguousarray(raw[key][:, ::-1])
-    if "normals" in out:
-        out["normals"][..., 0] *= -1.0
+        mirrored = np.ascontiguousarray(raw[key][:, ::-1])
+        out[key] = mirrored if key == "image" else TASKS[key].flip_target(mirrored)
     return out
 
 
@@ -175,7 +173,7 @@ def image_to_unit(raw: RawSample) -> RawSample:
 
 
 def center_pad(raw: RawSample, size: tuple[int, int]) -> tuple[RawSample, list[int]]:
-    """Centre-pad every array to at least ``size`` with :data:`PAD_VALUES`.
+    """Centre-pad every array to at least ``size`` with :func:`pad_value`.
 
     Returns the padded sample and the valid box [top, left, height, width] of the unpadded content.
     """
@@ -186,7 +184,7 @@ def center_pad(raw: RawSample, size: tuple[int, int]) -> tuple[RawSample, list[i
     if (out_h, out_w) != (height, width):
         for key in _arrays(raw):
             array = raw[key]
-            padded = np.full((out_h, out_w, *array.shape[2:]), PAD_VALUES[key], dtype=array.dtype)
+            padded = np.full((out_h, out_w, *array.shape[2:]), pad_value(key), dtype=array.dtype)
             padded[top : top + height, left : left + width] = array
             out[key] = padded
     return out, [top, left, height, width]
@@ -208,20 +206,12 @@ def to_sample(
     sample: dict[str, Any] = {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32))
     }
-    for key in ("semseg", "human_parts", "sal"):
-        if key in raw:
-            label = raw[key].astype(np.int64)
-            if key == "human_parts" and ignore_empty_parts and ((label == 0) | (label == IGNORE_INDEX)).all():
-                label[:] = IGNORE_INDEX
-            sample[key] = torch.from_numpy(label)
-    if "edge" in raw:
-        sample["edge"] = torch.from_numpy(np.ascontiguousarray(raw["edge"], dtype=np.float32))
-    if "depth" in raw:
-        sample["depth"] = torch.from_numpy(np.ascontiguousarray(raw["depth"], dtype=np.float32))[None]
-    if "normals" in raw:
-        sample["normals"] = torch.from_numpy(
-            np.ascontiguousarray(raw["normals"].transpose(2, 0, 1), np.float32)
-        )
+    for key in _arrays(raw)[1:]:
+        task = TASKS[key]
+        target = task.target_tensor(raw[key])
+        if ignore_empty_parts and task.ignore_whole_target(raw[key]):
+            target = torch.full_like(target, task.pad_value)
+        sample[key] = target
     box = list(valid_box) if valid_box is not None else [0, 0, height, width]
     sample["meta"] = {"id": str(raw["id"]), "valid_box": torch.tensor(box, dtype=torch.int64)}
     return sample
