@@ -50,7 +50,8 @@ def synthetic_batch(net, batch: int, size: tuple[int, int]) -> dict[str, torch.T
 def train_step(net, criterion: TigerLoss, optimizer, images, targets) -> None:
     """One training step: forward, loss (eq. 14), backward, AdamW."""
     output = net(images)
-    loss = criterion(net, output, targets)["loss"]
+    counterfactual = net.counterfactual(output) if criterion.uses_counterfactual(len(net.experts)) else None
+    loss = criterion(output, targets, counterfactual)["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

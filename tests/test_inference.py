@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tiger.analysis import counterfactual_importance, expert_usage, routing_agreement
 from tiger.checkpoint import read_checkpoint
 from tiger.experts import ExpertWeightsError
 from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
-from tiger.losses import TigerLoss, causal_importance
 from tiger.tasks import NUM_HUMAN_PARTS
-from tiger.viz import expert_usage, routing_agreement
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +131,8 @@ def test_routing_report_usage_and_agreement(predictor: Predictor) -> None:
     }
     targets["depth"][..., :16] = 0.0
     report = predictor.routing_report(images, targets)
-    criterion = TigerLoss(predictor.tasks)
-    delta, valid = criterion.counterfactual_delta(predictor.model, output, targets)
-    p = causal_importance(delta, criterion.tau, criterion.eps)
+    options = {k: v for k, v in predictor.loss_options.items() if k in ("removal", "tau", "eps")}
+    _, p, valid = counterfactual_importance(predictor.model, output, targets, **options)
     expected = routing_agreement(output.alpha, p, valid, predictor.task_names)
     assert list(report.agreement) == predictor.task_names
     assert report.agreement["depth"]["tokens"] == 3 * 4 * 4  # 3 images, 4 rows x 4 valid columns

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiger.losses import TigerLoss, causal_importance, jensen_shannon, pixel_loss, pool_to_grid, task_loss
+from tiger.losses import causal_importance, jensen_shannon, pixel_loss, pool_to_grid, task_loss
 from tiger.tasks import make_task
 
 
@@ -87,11 +87,6 @@ def test_normals_l1_after_normalisation_and_depth_l1_skip_invalid():
     depth = make_task("depth")
     loss, weight = pixel_loss(depth, torch.tensor([[[[1.0, 3.0]]]]), torch.tensor([[[[2.0, 0.0]]]]))
     assert loss.tolist() == [[[1.0, 0.0]]] and weight.tolist() == [[[1.0, 0.0]]]
-
-
-def test_unknown_removal_mode_is_rejected():
-    with pytest.raises(ValueError, match="removal"):
-        TigerLoss([make_task("depth")], removal="drop")
 
 
 def test_jensen_shannon_gradient_is_finite_when_alpha_saturates():

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from tiger.build import build_tiger
-from tiger.losses import TigerLoss, causal_importance
+from tiger.losses import (
+    TigerLoss,
+    causal_importance,
+    counterfactual_delta,
+    counterfactual_loss,
+    pixel_loss,
+    pool_to_grid,
+)
+from tiger.model import remove_expert
 
 TASKS = ["semseg", "depth", "normals", "edge"]
 EXPERTS = {"clip": {"name": "clip_tiny"}, "dinov2": {"name": "dinov2_tiny"}, "sam": {"name": "sam_tiny"}}
@@ -65,10 +73,19 @@ def test_trainable_parameters_exclude_every_expert_weight(model):
     assert all(not expert.training for expert in model.experts)
 
 
+def delta_of(model, output, batch, removal="subtract"):
+    """Delta (B, T, M, N) and valid (B, T, N) of every task, from the model's counterfactual forward."""
+    full = {
+        task.name: pixel_loss(task, output.predictions[task.name], batch[task.name]) for task in model.tasks
+    }
+    counterfactual = model.counterfactual(output, removal)
+    return counterfactual_delta(model.tasks, counterfactual, batch, full, output.grid)
+
+
 def test_counterfactual_gradient_reaches_the_router_and_never_the_experts(model):
     model.zero_grad()
     output = model(torch.rand(2, 3, *SIZE))
-    loss = TigerLoss(model.tasks, lambda_cf=1.0).counterfactual(model, output, targets())
+    loss = TigerLoss(model.tasks, lambda_cf=1.0)(output, targets(), model.counterfactual(output))["cf"]
     assert loss.item() > 0
     loss.backward()
     assert model.hyper.w0.grad is not None and model.hyper.w0.grad.abs().sum() > 0
@@ -79,13 +96,12 @@ def test_counterfactual_gradient_reaches_the_router_and_never_the_experts(model)
 
 
 def test_counterfactual_loss_is_zero_when_alpha_equals_p(model):
-    criterion = TigerLoss(model.tasks, lambda_cf=1.0, tau=0.5)
     with torch.no_grad():
         output = model(torch.rand(2, 3, *SIZE))
-        delta, valid = criterion.counterfactual_delta(model, output, targets())
+        delta, valid = delta_of(model, output, targets())
         p = causal_importance(delta, tau=0.5)
-    output.alpha = p
-    assert criterion.counterfactual(model, output, targets()).item() == pytest.approx(0.0, abs=1e-6)
+    assert counterfactual_loss(delta, valid, p, tau=0.5).item() == pytest.approx(0.0, abs=1e-6)
+    assert counterfactual_loss(delta, valid, output.alpha, tau=0.5).item() > 1e-3
     assert valid[:, 0, 0].logical_not().all()  # no semseg label in the first token row
 
 
@@ -102,8 +118,7 @@ def test_expert_whose_removal_hurts_most_gets_most_mass(model):
     batch = targets(1)
     batch["depth"] = output.predictions["depth"].clone()
     assert (batch["depth"] > 0).all()
-    criterion = TigerLoss(tiny.tasks, lambda_cf=1.0)
-    delta = criterion.counterfactual_delta(tiny, output, batch)[0][:, 1]  # the depth task
+    delta = delta_of(tiny, output, batch)[0][:, 1]  # the depth task
     assert delta[:, 1].abs().max() < 1e-5  # float noise of the batched pass only
     assert (delta[:, [0, 2]] > -1e-5).all() and delta[:, [0, 2]].sum() > 0.1
     p = causal_importance(delta, tau=1.0, dim=1)
@@ -112,23 +127,47 @@ def test_expert_whose_removal_hurts_most_gets_most_mass(model):
     assert decisive.any() and (p[:, 1] <= p.max(1).values).all()
 
 
-def test_counterfactual_batched_pass_equals_one_pass_per_expert(model):
-    criterion = TigerLoss(model.tasks, lambda_cf=1.0)
+@pytest.mark.parametrize("removal", ["subtract", "renormalize", "mean"])
+def test_counterfactual_batched_pass_equals_one_pass_per_expert(model, removal):
     batch = targets()
     with torch.no_grad():
         output = model(torch.rand(2, 3, *SIZE))
-        delta, _ = criterion.counterfactual_delta(model, output, batch)
-        state = output.state
+        delta, _ = delta_of(model, output, batch, removal)
+        counterfactual = model.counterfactual(output, removal)
+        task = model.tasks[1]
+        full, _ = pixel_loss(task, output.predictions["depth"], batch["depth"])
         for k in range(3):
-            removed = state.fused - state.alpha[:, :, k, :, None] * state.tokens[:, None, k]
-            logits = model.decode(removed, state.grid, SIZE)
-            from tiger.losses import pixel_loss, pool_to_grid
-
-            task = model.tasks[1]
+            tokens = output.tokens[:, k]  # (B, N, d)
+            weight_k = output.alpha[:, :, k, :, None]  # (B, T, N, 1)
+            if removal == "mean":  # expert k's tokens replaced by their mean over the batch's tokens
+                removed = output.fused - weight_k * tokens[:, None] + weight_k * tokens.mean((0, 1))
+            else:
+                removed = output.fused - weight_k * tokens[:, None]
+            if removal == "renormalize":
+                removed = removed / (1 - weight_k)
+            logits = model.decode(removed, output.grid, SIZE)
+            torch.testing.assert_close(counterfactual["depth"][:, k], logits["depth"], atol=1e-5, rtol=1e-4)
             loss, weight = pixel_loss(task, logits["depth"], batch["depth"])
-            full, _ = pixel_loss(task, output.predictions["depth"], batch["depth"])
-            pooled, _ = pool_to_grid((loss - full) * weight, weight, state.grid)
+            pooled, _ = pool_to_grid((loss - full) * weight, weight, output.grid)
             torch.testing.assert_close(delta[:, 1, k], pooled.flatten(1), atol=1e-5, rtol=1e-4)
+
+
+def test_removing_an_expert_that_routes_nothing_changes_nothing(model):
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, *SIZE))
+    output.alpha = torch.zeros_like(output.alpha)
+    output.alpha[:, :, 0] = 1.0  # all weight on expert 0
+    output.fused = output.tokens[:, None, 0].expand_as(output.fused)
+    for removal in ("subtract", "renormalize", "mean"):
+        removed = remove_expert(output, removal)
+        for k in (1, 2):
+            torch.testing.assert_close(removed[:, :, k], output.fused)
+    # subtracting the only routed expert leaves nothing; mean ablation leaves its mean token
+    torch.testing.assert_close(remove_expert(output, "subtract")[:, :, 0], torch.zeros_like(output.fused))
+    mean_token = output.tokens[:, 0].mean((0, 1)).expand_as(output.fused)
+    torch.testing.assert_close(remove_expert(output, "mean")[:, :, 0], mean_token)
+    with pytest.raises(ValueError, match="removal must be one of"):
+        remove_expert(output, "drop")
 
 
 def test_total_loss_is_eq_14(model):
@@ -136,14 +175,18 @@ def test_total_loss_is_eq_14(model):
     tasks = [replace(task, weight=weights[task.name]) for task in model.tasks]
     criterion = TigerLoss(tasks, lambda_cf=0.5)
     output = model(torch.rand(2, 3, *SIZE))
-    terms = criterion(model, output, targets())
+    counterfactual = model.counterfactual(output)
+    terms = criterion(output, targets(), counterfactual)
     expected = sum(weights[name] * terms[name] for name in weights) + 0.5 * terms["cf"]
     torch.testing.assert_close(terms["loss"], expected)
-    # the counterfactual reuses the task losses of the forward pass: the same value as from scratch
-    torch.testing.assert_close(terms["cf"], criterion.counterfactual(model, output, targets()))
-    assert "cf" not in TigerLoss(tasks, lambda_cf=0.0)(model, output, targets())
+    # L_cf from scratch: eq. 8-13 on the same counterfactual predictions
+    delta, valid = delta_of(model, output, targets())
+    torch.testing.assert_close(terms["cf"], counterfactual_loss(delta, valid, output.alpha))
+    assert "cf" not in TigerLoss(tasks, lambda_cf=0.0)(output, targets())
+    with pytest.raises(ValueError, match="pass the counterfactual predictions"):
+        criterion(output, targets())
     with pytest.raises(ValueError, match="the model's tasks"):
-        TigerLoss(tasks[:2], lambda_cf=0.5)(model, output, targets())
+        TigerLoss(tasks[:2], lambda_cf=0.5)(output, targets(), counterfactual)
 
 
 def test_ablation_switches(model):

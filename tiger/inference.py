@@ -35,12 +35,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from tiger.analysis import RoutingReport, counterfactual_importance, expert_usage, routing_agreement
 from tiger.checkpoint import build_model, read_checkpoint
-from tiger.losses import TigerLoss, causal_importance
 from tiger.model import TIGER, TigerOutput
 from tiger.nn import QueryEncoder
-from tiger.tasks import IGNORE_INDEX, Task
-from tiger.viz import expert_usage, format_usage_table, routing_agreement
+from tiger.tasks import Task
 
 ASPECT_TOLERANCE = 1.25  # largest stretch (either way) of an image's aspect ratio onto the training grid
 
@@ -97,41 +96,6 @@ class Prediction(Mapping[str, np.ndarray]):
         shapes = ", ".join(f"{task}: {array.dtype}{list(array.shape)}" for task, array in self.items())
         routed = ", routing" if self.routing is not None else ""
         return f"Prediction(size={self.size}, {shapes}{routed})"
-
-
-@dataclass(frozen=True)
-class RoutingReport:
-    """What :meth:`Predictor.routing_report` measured.
-
-    Attributes:
-        usage: {task: {expert: mean routing weight}} over the images and tokens (rows sum to one).
-        agreement: {task: {"jsd", "top1", "spearman", "tokens"}} of :func:`tiger.viz.routing_agreement`
-            between alpha and the counterfactual causal importance p (eq. 8-10), for the tasks with
-            targets; None without targets.
-    """
-
-    usage: dict[str, dict[str, float]]
-    agreement: dict[str, dict[str, float]] | None = None
-
-    def usage_table(self) -> str:
-        return format_usage_table(self.usage)
-
-    def agreement_table(self) -> str:
-        if self.agreement is None:
-            return "(no targets: no routing/counterfactual agreement)"
-        lines = [f"{'task':<12}  {'JSD':>7}  {'top-1':>7}  {'Spearman':>8}  {'tokens':>7}"]
-        for task, row in self.agreement.items():
-            lines.append(
-                f"{task:<12}  {row['jsd']:>7.4f}  {row['top1']:>7.3f}  {row['spearman']:>8.3f}  "
-                f"{int(row['tokens']):>7d}"
-            )
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        text = "Mean routing weight per task and expert:\n" + self.usage_table()
-        if self.agreement is not None:
-            text += "\n\nRouting vs counterfactual importance:\n" + self.agreement_table()
-        return text
 
 
 def latest_checkpoint(env: str = "TIGER_CHECKPOINT", start: str | Path | None = None) -> Path:
@@ -282,10 +246,7 @@ class Predictor:
         pixels = images.to(self.device, torch.float32)
         if (height, width) != work:
             pixels = F.interpolate(pixels, size=work, mode="bilinear", align_corners=False, antialias=True)
-        model = self.model
-        state = model.route(pixels, model.encode(pixels, grid), grid)
-        logits = model.decode(state.fused, grid, size or (height, width))
-        return TigerOutput(predictions=logits, alpha=state.alpha, state=state)
+        return self.model(pixels, grid, size=size or (height, width))
 
     def predict(
         self, images: Tensor | Sequence[ImageLike], routing: bool = False, tasks: Sequence[str] | None = None
@@ -317,7 +278,7 @@ class Predictor:
             for row, index in enumerate(indices):
                 routed = None
                 if alpha is not None:
-                    routed = Routing(alpha[row], output.state.grid, self.task_names, self.expert_names)
+                    routed = Routing(alpha[row], output.grid, self.task_names, self.expert_names)
                 size = (int(batch.shape[-2]), int(batch.shape[-1]))
                 results[index] = Prediction({k: v[row] for k, v in outputs.items()}, size, routed)
         return [result for result in results if result is not None]
@@ -331,8 +292,8 @@ class Predictor:
             images: as for :meth:`predict`; with ``targets`` a batch (B, 3, H, W) float in [0, 1].
             targets: {task: target batch} in the format of :mod:`tiger.tasks` at (H, W), for any of the
                 model's tasks. The counterfactual loss increases Delta (eq. 8, the trained ``removal``) give
-                the causal importance p (eq. 9-10); :func:`tiger.viz.routing_agreement` compares it with
-                alpha over the tokens with valid target pixels.
+                the causal importance p (eq. 9-10); :func:`tiger.analysis.routing_agreement` compares it
+                with alpha over the tokens with valid target pixels.
         """
         if targets is None:
             predictions = self.predict(images, routing=True, tasks=[])
@@ -341,39 +302,22 @@ class Predictor:
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise ValueError("routing_report with targets needs the images as one batch tensor (B, 3, H, W)")
         batch = as_image_tensors(images)
-        unknown = sorted(set(targets) - set(self.task_names))
-        if unknown or not targets:
-            raise ValueError(f"targets must name some of the model's tasks {self.task_names}, got {unknown}")
-        size = tuple(images.shape[-2:])
-        order = [task for task in self.model.tasks if task.name in targets]
-        moved = {}
-        for task in order:
-            target = targets[task.name]
-            if target.shape[0] != len(batch) or tuple(target.shape[-2:]) != size:
-                raise ValueError(
-                    f"target {task.name!r} has shape {tuple(target.shape)}; expected batch {len(batch)} at "
-                    f"size {size}"
-                )
-            moved[task.name] = target.to(self.device)
-        usage_alphas, agreement_alpha, importance, valid = [], [], [], []
-        criterion = TigerLoss(self.model.tasks, **self.loss_options)
-        rows = [self.task_names.index(task.name) for task in order]
+        options = {
+            key: self.loss_options[key] for key in ("removal", "tau", "eps") if key in self.loss_options
+        }
+        usage_alphas, agreement_alpha, importance, valid, names = [], [], [], [], []
         for indices in self._batches(batch):
             output = self.forward(torch.stack([batch[i] for i in indices]))
-            chunk = {
-                task.name: moved[task.name][indices]
-                if task.name in moved
-                else ignored_target(task, len(indices), size, self.device)
-                for task in self.model.tasks
-            }
-            delta, token_valid = criterion.counterfactual_delta(self.model, output, chunk)
+            chunk = {name: target[indices].to(self.device) for name, target in targets.items()}
+            tasks, p, token_valid = counterfactual_importance(self.model, output, chunk, **options)
+            names = [task.name for task in tasks]
+            rows = [self.task_names.index(name) for name in names]
             usage_alphas.append(output.alpha.float().cpu())
             agreement_alpha.append(output.alpha[:, rows].float().cpu())
-            p = causal_importance(delta[:, rows], criterion.tau, criterion.eps, dim=2)
             importance.append(p.float().cpu())
-            valid.append(token_valid[:, rows].cpu())
+            valid.append(token_valid.cpu())
         agreement = routing_agreement(
-            torch.cat(agreement_alpha), torch.cat(importance), torch.cat(valid), [t.name for t in order]
+            torch.cat(agreement_alpha), torch.cat(importance), torch.cat(valid), names
         )
         return RoutingReport(expert_usage(usage_alphas, self.task_names, self.expert_names), agreement)
 
@@ -415,18 +359,6 @@ def plot_prediction(image: ImageLike, prediction: Prediction, predictor: Predict
     for ax in axes:
         ax.axis("off")
     return figure
-
-
-def ignored_target(task: Task, batch: int, size: tuple[int, int], device: torch.device) -> Tensor:
-    """A target batch in the format of :mod:`tiger.tasks` with every pixel ignored (for tasks without
-    targets: the counterfactual pass needs one per task; none of its tokens count)."""
-    height, width = size
-    if task.name == "depth":
-        return torch.zeros(batch, 1, height, width, device=device)
-    if task.name == "normals":
-        return torch.zeros(batch, 3, height, width, device=device)
-    dtype = torch.float32 if task.name == "edge" else torch.long
-    return torch.full((batch, height, width), IGNORE_INDEX, dtype=dtype, device=device)
 
 
 def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:

@@ -13,6 +13,7 @@ from tiger import checkpoint
 from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss, task_loss
 from tiger.metrics import build_metric
+from tiger.model import REMOVALS
 
 
 def warmup_poly_schedule(
@@ -32,7 +33,8 @@ class TigerModule(L.LightningModule):
     Args:
         net: keyword arguments of :func:`tiger.build.build_tiger` (kept verbatim in every checkpoint, so
             the model can be rebuilt from it).
-        loss: keyword arguments of :class:`tiger.losses.TigerLoss` (lambda_cf, tau, removal, eps).
+        loss: keyword arguments of :class:`tiger.losses.TigerLoss` (lambda_cf, tau, eps) and ``removal``, how
+            :meth:`tiger.model.TIGER.counterfactual` removes an expert (subtract, renormalize, mean).
         optimizer: a partial optimizer taking ``params``.
         scheduler: ``{"warmup_steps": int, "power": float}`` for :func:`warmup_poly_schedule`, or None.
         dataset: ``nyud``, ``pascal`` or ``synthetic``: picks the metric options.
@@ -50,7 +52,11 @@ class TigerModule(L.LightningModule):
         self.net_config = plain_config(net)
         self.net = build_tiger(**self.net_config)
         self.loss_options = plain_config(loss)
-        self.criterion = TigerLoss(self.net.tasks, **self.loss_options)
+        options = dict(self.loss_options)
+        self.removal = options.pop("removal", "subtract")
+        if self.removal not in REMOVALS:
+            raise ValueError(f"model.loss.removal must be one of {REMOVALS}, got {self.removal!r}")
+        self.criterion = TigerLoss(self.net.tasks, **options)
         self.optimizer_factory = optimizer
         self.scheduler_options = dict(scheduler) if scheduler else None
         self.dataset = dataset
@@ -68,7 +74,10 @@ class TigerModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         output = self.net(batch["image"])
-        terms = self.criterion(self.net, output, self._targets(batch))
+        counterfactual = None
+        if self.criterion.uses_counterfactual(len(self.net.experts)):
+            counterfactual = self.net.counterfactual(output, self.removal, self.criterion.eps)
+        terms = self.criterion(output, self._targets(batch), counterfactual)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, on_step=True)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True)
         return terms["loss"]

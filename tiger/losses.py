@@ -4,7 +4,6 @@ loss (eq. 14)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,49 +76,104 @@ def pool_to_grid(values: Tensor, weight: Tensor, grid: tuple[int, int]) -> tuple
     return pooled.reshape(*lead, *grid), (denominator > 0).reshape(*lead, *grid)
 
 
+def counterfactual_delta(
+    tasks: Sequence[Task],
+    counterfactual: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    full_losses: Mapping[str, tuple[Tensor, Tensor]],
+    grid: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """Delta_{k,n}(t): the loss increase when expert k is removed, pooled to the token grid (eq. 8).
+
+    Args:
+        tasks: the T tasks to measure (any subset of the model's, in the order wanted).
+        counterfactual: {task: logits (B, M, C, H0, W0)} of :meth:`tiger.model.TIGER.counterfactual`.
+        targets: {task: target (B, ...)} at (H0, W0).
+        full_losses: {task: :func:`pixel_loss` of the full model's prediction}.
+        grid: the token grid (H, W).
+
+    Returns:
+        delta: (B, T, M, N), pooled over the valid pixels of each token cell.
+        valid: (B, T, N) tokens whose cell holds a valid pixel of the task's target.
+    """
+    deltas, valids = [], []
+    for task in tasks:
+        logits = counterfactual[task.name]
+        experts = logits.shape[1]
+        target = targets[task.name]
+        repeated = target.repeat_interleave(experts, dim=0)  # rows (b m), like the flattened logits
+        removed_loss, _ = pixel_loss(task, logits.flatten(0, 1), repeated)
+        full, weight = full_losses[task.name]
+        delta = rearrange(removed_loss, "(b m) h w -> b m h w", m=experts) - full[:, None]  # eq. 8
+        pooled, valid = pool_to_grid(delta * weight[:, None], weight[:, None].expand_as(delta), grid)
+        deltas.append(pooled.flatten(2))
+        valids.append(valid[:, 0].flatten(1))
+    return torch.stack(deltas, 1), torch.stack(valids, 1)
+
+
+def counterfactual_loss(
+    delta: Tensor, valid: Tensor, alpha: Tensor, tau: float = 1.0, eps: float = 1e-6
+) -> Tensor:
+    """L_cf: mean over valid tokens of JSD(p || alpha), p = causal importance of ``delta`` (eq. 9-13).
+
+    delta, alpha: (B, T, M, N); valid: (B, T, N). p is a fixed target (no gradient flows through it).
+    """
+    p = causal_importance(delta.detach(), tau, eps, dim=2)  # eq. 9-10
+    per_token = jensen_shannon(p, alpha, dim=2)  # eq. 11-12, q = alpha
+    return (per_token * valid).sum() / valid.sum().clamp_min(1)  # eq. 13
+
+
 class TigerLoss(nn.Module):
     """The training objective: sum_j lambda_j L_task^(j) + lambda_cf L_cf (eq. 14).
+
+    It never calls the model: it receives the predictions, the routing weights and, for L_cf, the
+    counterfactual predictions of :meth:`tiger.model.TIGER.counterfactual`.
 
     Args:
         tasks: the tasks, each carrying its lambda_j as ``weight``.
         lambda_cf: weight of the counterfactual loss; 0 disables it (and its extra passes).
         tau: temperature of the causal importance distribution (eq. 10).
         eps: the epsilon of eq. 9.
-        removal: how expert k is removed in the counterfactual pass: ``subtract`` its routed
-            contribution alpha_k F'_k from f (the weights of the others unchanged), or ``renormalize``
-            the remaining weights to sum to one.
     """
 
     def __init__(
-        self,
-        tasks: Sequence[Task],
-        lambda_cf: float = 0.1,
-        tau: float = 1.0,
-        eps: float = 1e-6,
-        removal: Literal["subtract", "renormalize"] = "subtract",
+        self, tasks: Sequence[Task], lambda_cf: float = 0.1, tau: float = 1.0, eps: float = 1e-6
     ) -> None:
         super().__init__()
-        if removal not in ("subtract", "renormalize"):
-            raise ValueError(f"removal must be 'subtract' or 'renormalize', got {removal!r}")
         self.tasks = list(tasks)
-        self.lambda_cf, self.tau, self.eps, self.removal = lambda_cf, tau, eps, removal
+        self.lambda_cf, self.tau, self.eps = lambda_cf, tau, eps
 
-    def forward(self, model: nn.Module, output, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def uses_counterfactual(self, num_experts: int) -> bool:
+        """Whether :meth:`forward` needs counterfactual predictions (lambda_cf > 0 and M > 1)."""
+        return self.lambda_cf > 0 and num_experts > 1
+
+    def forward(
+        self, output, targets: Mapping[str, Tensor], counterfactual: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Total loss and its terms.
 
         Args:
-            model: the :class:`tiger.model.TIGER` that produced ``output`` (its ``decode`` is re-run).
-            output: the :class:`tiger.model.TigerOutput` of the batch.
+            output: the :class:`tiger.model.TigerOutput` of the batch (predictions, alpha, grid).
             targets: {task: target}.
+            counterfactual: {task: (B, M, C, H0, W0)} from :meth:`tiger.model.TIGER.counterfactual`;
+                required when :meth:`uses_counterfactual`.
 
         Returns:
-            {"loss": total, "<task>": L_task, "cf": L_cf (when lambda_cf > 0)}.
+            {"loss": total, "<task>": L_task, "cf": L_cf (when used)}.
         """
+        if output.alpha.shape[1] != len(self.tasks):
+            raise ValueError(
+                f"the loss has {len(self.tasks)} tasks but the routing weights cover "
+                f"{output.alpha.shape[1]}: build TigerLoss with the model's tasks"
+            )
         pixels = self.pixel_losses(output, targets)
         terms = {name: weighted_mean(loss, weight) for name, (loss, weight) in pixels.items()}
         total = sum(task.weight * terms[task.name] for task in self.tasks)  # eq. 14, task part
-        if self.lambda_cf > 0 and output.alpha.shape[2] > 1:
-            terms["cf"] = self.counterfactual(model, output, targets, pixels)
+        if self.uses_counterfactual(output.alpha.shape[2]):
+            if counterfactual is None:
+                raise ValueError("lambda_cf > 0: pass the counterfactual predictions (TIGER.counterfactual)")
+            delta, valid = counterfactual_delta(self.tasks, counterfactual, targets, pixels, output.grid)
+            terms["cf"] = counterfactual_loss(delta, valid, output.alpha, self.tau, self.eps)
             total = total + self.lambda_cf * terms["cf"]  # eq. 14
         terms["loss"] = total
         return terms
@@ -130,63 +184,3 @@ class TigerLoss(nn.Module):
             task.name: pixel_loss(task, output.predictions[task.name], targets[task.name])
             for task in self.tasks
         }
-
-    @torch.no_grad()
-    def counterfactual_delta(
-        self,
-        model: nn.Module,
-        output,
-        targets: Mapping[str, Tensor],
-        full_losses: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Delta_{k,n}(t) for every expert, task and token, from one batched pass without autograd (eq. 8).
-
-        Args:
-            full_losses: :meth:`pixel_losses` of ``output`` when the caller has them (computed otherwise).
-
-        Returns:
-            delta: (B, T, M, N) loss increase when expert k's routed contribution is removed, pooled to the
-                token grid over valid pixels.
-            valid: (B, T, N) tokens whose cell holds a valid pixel of the task's target.
-        """
-        state = output.state
-        if state.alpha.shape[1] != len(self.tasks):
-            raise ValueError(
-                f"the loss has {len(self.tasks)} tasks but the routing weights cover {state.alpha.shape[1]}: "
-                "build TigerLoss with the model's tasks"
-            )
-        experts = state.alpha.shape[2]
-        alpha = state.alpha.unsqueeze(-1)  # (B, T, M, N, 1)
-        removed = state.fused[:, :, None] - alpha * state.tokens[:, None]  # f - alpha_k F'_k
-        if self.removal == "renormalize":
-            removed = removed / (1.0 - alpha).clamp_min(self.eps)
-        removed = rearrange(removed, "b t m n d -> (m b) t n d")
-        size = next(iter(output.predictions.values())).shape[-2:]
-        counterfactual = model.decode(removed, state.grid, size)
-        full_losses = full_losses or self.pixel_losses(output, targets)
-        deltas, valids = [], []
-        for task in self.tasks:
-            target = targets[task.name]
-            full, weight = full_losses[task.name]
-            repeated = target.repeat(experts, *([1] * (target.ndim - 1)))
-            removed_loss, _ = pixel_loss(task, counterfactual[task.name], repeated)
-            delta = rearrange(removed_loss, "(m b) h w -> b m h w", m=experts) - full[:, None]  # eq. 8
-            pooled, valid = pool_to_grid(
-                delta * weight[:, None], weight[:, None].expand_as(delta), state.grid
-            )
-            deltas.append(pooled.flatten(2))
-            valids.append(valid[:, 0].flatten(1))
-        return torch.stack(deltas, 1), torch.stack(valids, 1)
-
-    def counterfactual(
-        self,
-        model: nn.Module,
-        output,
-        targets: Mapping[str, Tensor],
-        full_losses: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-    ) -> Tensor:
-        """L_cf: JSD between the causal importance p (a fixed target) and the routing alpha (eq. 8-13)."""
-        delta, valid = self.counterfactual_delta(model, output, targets, full_losses)
-        p = causal_importance(delta, self.tau, self.eps, dim=2)  # eq. 9-10, no gradient
-        per_token = jensen_shannon(p, output.alpha, dim=2)  # eq. 11-12, q = alpha
-        return (per_token * valid).sum() / valid.sum().clamp_min(1)  # eq. 13

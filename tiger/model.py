@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from tiger.instructions import TaskRepresentation
@@ -21,31 +22,48 @@ from tiger.nn import (
 )
 from tiger.tasks import Task
 
-
-@dataclass
-class RoutingState:
-    """What the counterfactual objective needs from one forward pass.
-
-    Attributes:
-        tokens: F'_k after expert interaction, (B, M, N, d).
-        alpha: routing weights alpha_{k,n}(t), (B, T, M, N).
-        fused: routed tokens f_n(t), (B, T, N, d).
-        grid: the token grid (H, W), N = H W.
-    """
-
-    tokens: Tensor
-    alpha: Tensor
-    fused: Tensor
-    grid: tuple[int, int]
+REMOVALS = ("subtract", "renormalize", "mean")
 
 
 @dataclass
 class TigerOutput:
-    """predictions: {task: logits (B, C_task, H0, W0)}; alpha: (B, T, M, N); state: see RoutingState."""
+    """One forward pass.
+
+    Attributes:
+        predictions: {task: logits (B, C_task, H0, W0)}.
+        alpha: routing weights alpha_{k,n}(t), (B, T, M, N), summing to one over M.
+        tokens: F'_k after expert interaction, (B, M, N, d).
+        fused: routed tokens f_n(t), (B, T, N, d).
+        grid: the token grid (H, W), N = H W.
+    """
 
     predictions: dict[str, Tensor]
     alpha: Tensor
-    state: RoutingState
+    tokens: Tensor
+    fused: Tensor
+    grid: tuple[int, int]
+
+
+def remove_expert(output: TigerOutput, removal: str = "subtract", eps: float = 1e-6) -> Tensor:
+    """The routed tokens with each expert's contribution removed in turn: (B, T, M, N, d) (eq. 8's f^(-k)).
+
+    Args:
+        output: a forward pass.
+        removal: ``subtract``: f - alpha_k F'_k (the other weights unchanged); ``renormalize``: the same
+            divided by 1 - alpha_k (the remaining weights sum to one); ``mean``: mean ablation, expert k's
+            tokens replaced by their mean over the batch's tokens, f - alpha_k (F'_k - mean_{b,n} F'_k).
+        eps: floor of 1 - alpha_k for ``renormalize``.
+    """
+    if removal not in REMOVALS:
+        raise ValueError(f"removal must be one of {REMOVALS}, got {removal!r}")
+    alpha = output.alpha.unsqueeze(-1)  # (B, T, M, N, 1)
+    tokens = output.tokens[:, None]  # (B, 1, M, N, d)
+    if removal == "mean":
+        tokens = tokens - tokens.mean((0, 3), keepdim=True)
+    removed = output.fused[:, :, None] - alpha * tokens
+    if removal == "renormalize":
+        removed = removed / (1.0 - alpha).clamp_min(eps)
+    return removed
 
 
 class TIGER(nn.Module):
@@ -141,14 +159,19 @@ class TIGER(nn.Module):
         with torch.no_grad():
             return [expert(images, grid) for expert in self.experts]
 
-    def route(self, images: Tensor, features: Sequence[Tensor], grid: tuple[int, int]) -> RoutingState:
-        """Project, let experts interact, and route them per task and token (eq. 2-7)."""
+    def route(
+        self, images: Tensor, features: Sequence[Tensor], grid: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Project, let experts interact, and route them per task and token (eq. 2-7).
+
+        Returns tokens F'_k (B, M, N, d), routed tokens f (B, T, N, d) and alpha (B, T, M, N).
+        """
         tokens = torch.stack([proj(f) for proj, f in zip(self.projections, features, strict=True)], 1)
         if self.expert_interaction is not None:
             tokens = self.expert_interaction(tokens)
         queries = self.hyper(self.query_encoder(images, grid), self.task_representation())
         fused, alpha = self.router(queries, tokens)
-        return RoutingState(tokens=tokens, alpha=alpha, fused=fused, grid=grid)
+        return tokens, fused, alpha
 
     def decode(self, fused: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> dict[str, Tensor]:
         """Everything downstream of routing: routed tokens (B, T, N, d) -> {task: logits (B, C, *size)}."""
@@ -156,12 +179,36 @@ class TIGER(nn.Module):
             fused = self.task_interaction(fused)
         return self.heads(self.decoder(fused, grid), size)
 
-    def forward(self, images: Tensor, grid: tuple[int, int] | None = None) -> TigerOutput:
-        """images (B, 3, H0, W0) RGB in [0, 1] -> logits at (H0, W0) and routing weights (B, T, M, N)."""
+    def forward(
+        self, images: Tensor, grid: tuple[int, int] | None = None, size: tuple[int, int] | None = None
+    ) -> TigerOutput:
+        """images (B, 3, H0, W0) RGB in [0, 1] -> logits at ``size`` (default (H0, W0)) and routing weights.
+
+        ``grid`` overrides the token grid (the experts interpolate their position embeddings).
+        """
         grid = grid or self.grid
-        state = self.route(images, self.encode(images, grid), grid)
-        predictions = self.decode(state.fused, grid, (images.shape[-2], images.shape[-1]))
-        return TigerOutput(predictions=predictions, alpha=state.alpha, state=state)
+        tokens, fused, alpha = self.route(images, self.encode(images, grid), grid)
+        predictions = self.decode(fused, grid, size or (images.shape[-2], images.shape[-1]))
+        return TigerOutput(predictions=predictions, alpha=alpha, tokens=tokens, fused=fused, grid=grid)
+
+    @torch.no_grad()
+    def counterfactual(
+        self, output: TigerOutput, removal: str = "subtract", eps: float = 1e-6
+    ) -> dict[str, Tensor]:
+        """Predictions with each expert removed in turn (eq. 8's counterfactual forward), no autograd.
+
+        Everything downstream of routing is re-run once, batched over the M experts; the expert features
+        and routed tokens of ``output`` are reused.
+
+        Returns:
+            {task: logits (B, M, C_task, H0, W0)}: index k along M is the prediction without expert k (see
+            :func:`remove_expert` for ``removal``).
+        """
+        experts = output.alpha.shape[2]
+        removed = rearrange(remove_expert(output, removal, eps), "b t m n d -> (m b) t n d")
+        size = next(iter(output.predictions.values())).shape[-2:]
+        logits = self.decode(removed, output.grid, tuple(size))
+        return {name: rearrange(x, "(m b) c h w -> b m c h w", m=experts) for name, x in logits.items()}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Everything but the frozen experts' weights (those are rebuilt from their identities)."""

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from tiger.analysis import expert_usage, format_usage_table
 from tiger.metrics import format_table
-from tiger.viz import expert_usage, format_usage_table, plot_routing, save_figure
+from tiger.viz import plot_routing, save_figure
 
 
 @torch.no_grad()

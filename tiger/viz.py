@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import matplotlib
 import numpy as np
@@ -21,10 +20,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from scipy.stats import rankdata
-from torch import Tensor, nn
+from torch import Tensor
 
-from tiger.losses import jensen_shannon
 from tiger.tasks import get_task
 
 ArrayLike = np.ndarray | Tensor
@@ -198,47 +195,6 @@ def plot_routing(
 # Expert usage
 
 
-def expert_usage(
-    alpha: ArrayLike | Sequence[ArrayLike], task_names: Sequence[str], expert_names: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """Mean routing weight per task and expert over images and tokens.
-
-    Args:
-        alpha: routing weights (B, T, M, N), or a list of such batches (N may differ between batches).
-        task_names: T names; expert_names: M names.
-
-    Returns:
-        {task: {expert: mean weight}}; each row sums to one (checked: ``alpha`` must sum to one over M).
-    """
-    batches = [alpha] if isinstance(alpha, np.ndarray | Tensor) else list(alpha)
-    if not batches:
-        raise ValueError("expert_usage needs at least one batch of routing weights")
-    shape = (len(task_names), len(expert_names))
-    total = np.zeros(shape, dtype=np.float64)
-    count = 0
-    for index, batch in enumerate(batches):
-        weights = _numpy(batch).astype(np.float64)
-        if weights.ndim != 4 or weights.shape[1:3] != shape:
-            raise ValueError(
-                f"batch {index}: alpha must be (B, T, M, N) with T, M = {shape}, got {weights.shape}"
-            )
-        sums = weights.sum(2)
-        if not np.allclose(sums, 1.0, atol=1e-3):
-            raise ValueError(
-                f"batch {index}: routing weights must sum to one over the experts (dim 2), got sums in "
-                f"[{sums.min():.4g}, {sums.max():.4g}]"
-            )
-        total += weights.sum((0, 3))
-        count += weights.shape[0] * weights.shape[3]
-    if count == 0:
-        raise ValueError("expert_usage got only empty batches (B * N == 0)")
-    mean = total / count
-    return {
-        task: {expert: float(mean[t, m]) for m, expert in enumerate(expert_names)}
-        for t, task in enumerate(task_names)
-    }
-
-
 def _usage_matrix(usage: dict[str, dict[str, float]]) -> tuple[list[str], list[str], np.ndarray]:
     tasks = list(usage)
     if not tasks:
@@ -248,21 +204,6 @@ def _usage_matrix(usage: dict[str, dict[str, float]]) -> tuple[list[str], list[s
         if list(usage[task]) != experts:
             raise ValueError(f"usage row {task!r} has experts {list(usage[task])}, expected {experts}")
     return tasks, experts, np.array([[usage[task][expert] for expert in experts] for task in tasks])
-
-
-def format_usage_table(usage: dict[str, dict[str, float]]) -> str:
-    """{task: {expert: weight}} -> plain-text table: rows tasks, columns experts, percentages, one decimal."""
-    tasks, experts, matrix = _usage_matrix(usage)
-    first = max(len("task"), *(len(task) for task in tasks))
-    widths = [max(len(expert), 6) for expert in experts]
-    header = "task".ljust(first) + "".join(
-        f"  {expert:>{w}}" for expert, w in zip(experts, widths, strict=True)
-    )
-    lines = [header, "-" * len(header)]
-    for task, row in zip(tasks, matrix, strict=True):
-        cells = "".join(f"  {100 * value:>{w - 1}.1f}%" for value, w in zip(row, widths, strict=True))
-        lines.append(task.ljust(first) + cells)
-    return "\n".join(lines)
 
 
 def plot_usage(usage: dict[str, dict[str, float]]) -> Figure:
@@ -293,69 +234,6 @@ def _annotate(ax, values: np.ndarray, fmt: str, image) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Routing vs counterfactual importance
-
-
-def routing_agreement(
-    alpha: ArrayLike, p: ArrayLike, valid: ArrayLike | None, task_names: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """How well the routing weights follow the counterfactual causal importance, per task.
-
-    Args:
-        alpha: routing weights (B, T, M, N).
-        p: causal importance (B, T, M, N), e.g. ``causal_importance(delta, tau, dim=2)`` from
-            :meth:`tiger.losses.TigerLoss.counterfactual_delta`.
-        valid: (B, T, N) tokens to count (the ``valid`` of ``counterfactual_delta``), or None for all.
-        task_names: T names.
-
-    Returns:
-        {task: {"jsd": mean JSD(p || alpha) (eq. 12), "top1": rate of argmax alpha == argmax p,
-        "spearman": mean Spearman rank correlation between alpha and p over the experts of a token,
-        "tokens": number of valid tokens}}. Spearman uses average ranks for ties; tokens where alpha or p
-        is constant over the experts (correlation undefined) are left out of its mean. With M = 2 it is
-        +1 when both pick the same expert and -1 otherwise (the information of top-1); with M = 1 it is
-        NaN. Every metric is NaN for a task without valid tokens.
-    """
-    q = torch.as_tensor(_numpy(alpha), dtype=torch.float64)
-    target = torch.as_tensor(_numpy(p), dtype=torch.float64)
-    if q.ndim != 4 or q.shape != target.shape or q.shape[1] != len(task_names):
-        raise ValueError(
-            f"alpha and p must both be (B, T, M, N) with T = {len(task_names)}, got {tuple(q.shape)} and "
-            f"{tuple(target.shape)}"
-        )
-    batch, tasks, experts, tokens = q.shape
-    if valid is None:
-        mask = torch.ones(batch, tasks, tokens, dtype=torch.bool)
-    else:
-        mask = torch.as_tensor(_numpy(valid)).bool()
-        if mask.shape != (batch, tasks, tokens):
-            raise ValueError(f"valid must be (B, T, N) = {(batch, tasks, tokens)}, got {tuple(mask.shape)}")
-    jsd = jensen_shannon(target, q, dim=2)  # (B, T, N)
-    top1 = q.argmax(2) == target.argmax(2)
-    spearman = torch.from_numpy(_rank_correlation(q.numpy(), target.numpy(), axis=2))
-    result: dict[str, dict[str, float]] = {}
-    for index, task in enumerate(task_names):
-        keep = mask[:, index]
-        rho = spearman[:, index][keep]
-        rho = rho[~rho.isnan()]
-        result[task] = {
-            "jsd": float(jsd[:, index][keep].mean()) if keep.any() else float("nan"),
-            "top1": float(top1[:, index][keep].double().mean()) if keep.any() else float("nan"),
-            "spearman": float(rho.mean()) if rho.numel() else float("nan"),
-            "tokens": float(keep.sum()),
-        }
-    return result
-
-
-def _rank_correlation(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-    """Spearman's rho along ``axis`` (average ranks for ties); NaN where either side is constant."""
-    rank_x = rankdata(x, axis=axis)
-    rank_y = rankdata(y, axis=axis)
-    rank_x -= rank_x.mean(axis, keepdims=True)
-    rank_y -= rank_y.mean(axis, keepdims=True)
-    numerator = (rank_x * rank_y).sum(axis)
-    denominator = np.sqrt((rank_x**2).sum(axis) * (rank_y**2).sum(axis))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
 def plot_agreement(agreement: dict[str, dict[str, float]]) -> Figure:
@@ -389,50 +267,6 @@ def plot_agreement(agreement: dict[str, dict[str, float]]) -> Figure:
 
 # ----------------------------------------------------------------------------------------------------------
 # Task-embedding similarities (Fig. 6)
-
-
-def _cosine_matrix(vectors: Tensor) -> np.ndarray:
-    unit = F.normalize(vectors.double().flatten(1), dim=1)
-    return (unit @ unit.T).clamp(-1.0, 1.0).numpy()
-
-
-@torch.no_grad()
-def task_similarity(
-    model: nn.Module, hyper: Literal["outputs", "weights"] = "outputs"
-) -> dict[str, np.ndarray]:
-    """Cosine similarities (T, T) between the tasks' representations along the routing path.
-
-    Args:
-        model: a :class:`tiger.model.TIGER`.
-        hyper: what stands for a task after the hyper-network (eq. 4).
-            ``"outputs"`` (default): the concatenation [g(t), h(t)] of the hyper-network's two task MLPs,
-            i.e. the whole task-dependent part of the query projection in its own coordinates. It is
-            informative from initialisation on (V starts at zero, so W_Q(t) - W0 is zero at first).
-            ``"weights"``: the flattened update [W_Q(t) - W0, b_Q(t) - b0] = [U diag(g(t)) V^T, h(t)],
-            i.e. the change each task makes to the query projection itself.
-
-    Returns:
-        {"instruction": of t0 (only when the model uses instructions), "task": of t = LayerNorm(t0) + p_t
-        (eq. 3), "hyper": after the hyper-network}, each float64 (T, T), symmetric with a unit diagonal
-        (a zero vector gets 0 similarity, its own included).
-    """
-    if hyper not in ("outputs", "weights"):
-        raise ValueError(f"hyper must be 'outputs' or 'weights', got {hyper!r}")
-    representation = model.task_representation
-    tasks = representation()
-    sims: dict[str, np.ndarray] = {}
-    if representation.uses_instructions:
-        sims["instruction"] = _cosine_matrix(representation.instruction_embeddings)
-    sims["task"] = _cosine_matrix(tasks)
-    network = model.hyper
-    if hyper == "outputs":
-        sims["hyper"] = _cosine_matrix(torch.cat([network.g(tasks), network.h(tasks)], dim=1))
-    else:
-        weight, bias = network.weight(tasks)
-        sims["hyper"] = _cosine_matrix(
-            torch.cat([(weight - network.w0).flatten(1), bias - network.b0], dim=1)
-        )
-    return sims
 
 
 SIMILARITY_TITLES = {
