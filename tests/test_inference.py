@@ -224,3 +224,14 @@ def test_latest_checkpoint(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: p
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(FileNotFoundError, match="python -m tiger.train"):
         latest_checkpoint(start=tmp_path / "elsewhere")
+
+
+def test_batches_are_bounded_by_pixels_not_only_by_count(predictor: Predictor) -> None:
+    images = [torch.rand(3, 64, 80) for _ in range(5)] + [torch.rand(3, 32, 40)]
+    bounded = Predictor(predictor.model, batch_size=8, batch_pixels=2 * 64 * 80)
+    assert list(bounded._batches(images)) == [[0, 1], [2, 3], [4], [5]]
+    assert list(Predictor(predictor.model, batch_size=8, batch_pixels=1)._batches(images[:2])) == [[0], [1]]
+    for one, other in zip(bounded.predict(images), predictor.predict(images), strict=True):
+        np.testing.assert_allclose(one["depth"], other["depth"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_pixels must be >= 1"):
+        Predictor(predictor.model, batch_pixels=0)

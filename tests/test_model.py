@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from tiger import checkpoint
 from tiger.build import build_tiger
 from tiger.losses import (
     TigerLoss,
@@ -68,7 +69,8 @@ def test_trainable_parameters_exclude_every_expert_weight(model):
     assert expert_params, "the experts have weights"
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and not any(id(p) in expert_params for p in trainable)
-    assert not any(key.startswith("experts.") for key in model.trainable_state_dict())
+    stored = checkpoint.trainable_state({f"net.{key}": value for key, value in model.state_dict().items()})
+    assert stored and not any(key.startswith("net.experts.") for key in stored)
     model.train()
     assert all(not expert.training for expert in model.experts)
 

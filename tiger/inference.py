@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
 from tiger.analysis import RoutingReport, counterfactual_importance, expert_usage, routing_agreement
 from tiger.checkpoint import build_model, read_checkpoint
@@ -42,6 +41,7 @@ from tiger.nn import QueryEncoder
 from tiger.tasks import Task
 
 ASPECT_TOLERANCE = 1.25  # largest stretch (either way) of an image's aspect ratio onto the training grid
+BATCH_PIXELS = 2**21  # pixels per forward pass (8 images of 512 x 512): the heads' logits are at full size
 
 ImageLike = Image.Image | np.ndarray | Tensor
 
@@ -172,7 +172,8 @@ class Predictor:
             :meth:`routing_report` (TigerLoss defaults where absent).
         device: where to run.
         keep_aspect: see the module docstring.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass, at most.
+        batch_pixels: pixels per forward pass, at most (large photos go one at a time).
 
     Attributes:
         tasks, task_names, expert_names, grid (the training token grid), patch (pixels per token side of the
@@ -188,9 +189,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         keep_aspect: bool = True,
         batch_size: int = 8,
+        batch_pixels: int = BATCH_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_pixels < 1:
+            raise ValueError(f"batch_pixels must be >= 1, got {batch_pixels}")
+        self.batch_pixels = batch_pixels
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.dataset = dataset
@@ -245,7 +250,7 @@ class Predictor:
         work = (grid[0] * self.patch, grid[1] * self.patch)
         pixels = images.to(self.device, torch.float32)
         if (height, width) != work:
-            pixels = F.interpolate(pixels, size=work, mode="bilinear", align_corners=False, antialias=True)
+            pixels = TF.resize(pixels, list(work), antialias=True)  # bilinear
         return self.model(pixels, grid, size=size or (height, width))
 
     def predict(
@@ -330,67 +335,43 @@ class Predictor:
         return set(tasks)
 
     def _batches(self, tensors: Sequence[Tensor]) -> Iterator[list[int]]:
-        """Indices of same-sized images, at most ``batch_size`` at a time."""
+        """Indices of same-sized images, at most ``batch_size`` and ``batch_pixels`` pixels at a time (one
+        image at least)."""
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, tensor in enumerate(tensors):
             by_size.setdefault(tuple(tensor.shape), []).append(index)
-        for indices in by_size.values():
-            for start in range(0, len(indices), self.batch_size):
-                yield indices[start : start + self.batch_size]
-
-
-def plot_prediction(image: ImageLike, prediction: Prediction, predictor: Predictor) -> Figure:
-    """The image and the colour picture of every task of one prediction (:func:`tiger.viz.colorize`)."""
-    picture = as_image_tensor(image).permute(1, 2, 0).numpy()
-    tasks = [task for task in predictor.tasks if task.name in prediction]
-    columns = min(4, len(tasks) + 1)
-    rows = math.ceil((len(tasks) + 1) / columns)
-    height, width = prediction.size
-    scale = 2.6 / max(height, width)
-    figure = Figure(
-        figsize=(columns * width * scale + 0.4, rows * (height * scale + 0.4)), layout="constrained"
-    )
-    axes = np.asarray(figure.subplots(rows, columns, squeeze=False)).ravel()
-    axes[0].imshow(picture)
-    axes[0].set_title(f"image {height}x{width}", fontsize=9)
-    for ax, task in zip(axes[1:], tasks, strict=False):
-        ax.imshow(task.colorize(prediction[task.name]), interpolation="nearest")
-        ax.set_title(task.name, fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    return figure
+        for shape, indices in by_size.items():
+            step = max(1, min(self.batch_size, self.batch_pixels // (shape[-2] * shape[-1])))
+            for start in range(0, len(indices), step):
+                yield indices[start : start + step]
 
 
 def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:
-    """One image -> (3, H, W) float32 in [0, 1]; see :meth:`Predictor.predict` for what is accepted."""
+    """One image -> (3, H, W) float32 in [0, 1] (torchvision's ``to_image`` / ``to_dtype`` /
+    ``grayscale_to_rgb``); see :meth:`Predictor.predict` for what is accepted."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] != 3:
+        image = TF.to_image(image if image.mode == "RGB" else image.convert("RGB"))
+    elif isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
             raise ValueError(
-                f"image {index}: expected an (H, W, 3) RGB or (H, W) greyscale array, got shape {array.shape}"
+                f"image {index}: expected an (H, W, 3) RGB or (H, W) greyscale array, got shape {image.shape}"
             )
-        if array.dtype == np.uint8:
-            tensor = torch.tensor(array).permute(2, 0, 1).float() / 255.0
-        elif np.issubdtype(array.dtype, np.floating):
-            tensor = torch.tensor(array, dtype=torch.float32).permute(2, 0, 1)
-        else:
-            raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got dtype {array.dtype}")
+        if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got dtype {image.dtype}")
+        image = TF.to_image(image if image.dtype == np.uint8 else image.astype(np.float32))
+        if image.shape[0] == 1:
+            image = TF.grayscale_to_rgb(image)
     elif isinstance(image, Tensor):
-        tensor = image
-        if tensor.ndim != 3 or tensor.shape[0] != 3 or not tensor.is_floating_point():
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
             raise ValueError(
-                f"image {index}: expected a float tensor (3, H, W) in [0, 1], got {tensor.dtype} "
-                f"{tuple(tensor.shape)}"
+                f"image {index}: expected a float tensor (3, H, W) in [0, 1], got {image.dtype} "
+                f"{tuple(image.shape)}"
             )
-        tensor = tensor.float()
     else:
         raise TypeError(
             f"image {index}: expected a PIL image, numpy array or tensor, got {type(image).__name__}"
         )
+    tensor = TF.to_dtype(image, torch.float32, scale=True).as_subclass(Tensor)
     if tensor.shape[-1] < 1 or tensor.shape[-2] < 1:
         raise ValueError(f"image {index}: empty image of size {tuple(tensor.shape[-2:])}")
     low, high = float(tensor.min()), float(tensor.max())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -144,6 +145,18 @@ def output_paths(out: Path, image_id: str, tasks: Sequence[Task], routing: bool)
     return paths
 
 
+def check_out(out: Path) -> None:
+    """A usage error unless ``out`` is (or can be made) a writable folder: checked before any work."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == out else f" ({folder} is a file)"
+                raise UsageError(f"--out {out} must be a folder, but it is inside or is a file{where}")
+            if not os.access(folder, os.W_OK):
+                raise UsageError(f"--out {out}: {folder} is not writable")
+            return
+
+
 def check_device(name: str) -> None:
     """A usage error unless ``name`` is a torch device this machine has."""
     try:
@@ -192,6 +205,7 @@ def write_prediction(
 
 def run(args: argparse.Namespace) -> int:
     """The whole command; returns the exit status."""
+    check_out(args.out)
     files, notes = collect_images(args.inputs)
     ids = image_ids(files)
     if args.batch_size < 1:

@@ -8,7 +8,8 @@ Every function is pure: figures are built as :class:`matplotlib.figure.Figure` o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,12 +22,14 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
-from tiger.tasks import get_task
+from tiger.tasks import Task, get_task
 
 ArrayLike = np.ndarray | Tensor
 
 ROUTING_CMAP = "viridis"
+MAX_SIDE = 512  # figures draw images and maps at most this many pixels on their longer side
 
 
 def _numpy(value: ArrayLike) -> np.ndarray:
@@ -102,16 +105,41 @@ def routing_maps(alpha: ArrayLike, grid: Sequence[int], size: Sequence[int]) -> 
     return upsampled.reshape(*weights.shape[:2], int(size[0]), int(size[1])).clamp(0.0, 1.0).numpy()
 
 
-def _image_hwc(image: ArrayLike) -> np.ndarray:
-    """(H0, W0, 3) uint8 or (3, H0, W0) / (H0, W0, 3) float in [0, 1] -> (H0, W0, 3) float in [0, 1]."""
+def _image_hwc(image: ArrayLike, max_side: int | None = None) -> np.ndarray:
+    """(H0, W0, 3) uint8 or (3, H0, W0) / (H0, W0, 3) float in [0, 1] -> (H, W, 3) float in [0, 1], shrunk
+    to :func:`bounded_size` when ``max_side`` is given."""
     array = _numpy(image)
     if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
         array = array.transpose(1, 2, 0)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3) or (3, H, W), got shape {array.shape}")
+    if max_side is not None:
+        array = _shrink(
+            array if array.dtype == np.uint8 else array.astype(np.float32),
+            bounded_size(array.shape[:2], max_side),
+        )
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float64) / 255.0
     return np.clip(array.astype(np.float64), 0.0, 1.0)
+
+
+def bounded_size(size: Sequence[int], max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(H, W) scaled down (aspect kept) so that the longer side is at most ``max_side``; never up."""
+    height, width = int(size[0]), int(size[1])
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _shrink(picture: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """(H, W, C) picture -> ``size`` (anti-aliased, or nearest for colour-coded labels)."""
+    if picture.shape[:2] == size:
+        return picture
+    tensor = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)
+    if nearest:
+        resized = TF.resize(tensor, list(size), interpolation=TF.InterpolationMode.NEAREST_EXACT)
+    else:
+        resized = TF.resize(tensor.float(), list(size), antialias=True)
+    return resized.permute(1, 2, 0).numpy().astype(picture.dtype)
 
 
 def _expert_colours(num_experts: int) -> ListedColormap:
@@ -126,6 +154,7 @@ def plot_routing(
     task_names: Sequence[str],
     expert_names: Sequence[str],
     overlay: bool = True,
+    max_side: int = MAX_SIDE,
 ) -> Figure:
     """Per-task, per-expert routing-weight maps over one image (the paper's Fig. 5).
 
@@ -138,8 +167,10 @@ def plot_routing(
         grid: the token grid (H, W).
         task_names: T names; expert_names: M names.
         overlay: draw the maps semi-transparently over a grey copy of the image.
+        max_side: the image and the maps are drawn at most this many pixels on their longer side (a
+            12-megapixel photo costs what a 512-pixel one does).
     """
-    picture = _image_hwc(image)
+    picture = _image_hwc(image, max_side)
     weights = _numpy(alpha)
     if weights.ndim != 3 or weights.shape[:2] != (len(task_names), len(expert_names)):
         raise ValueError(
@@ -193,6 +224,33 @@ def plot_routing(
 
 # ----------------------------------------------------------------------------------------------------------
 # Expert usage
+
+
+def plot_prediction(
+    image: ArrayLike, prediction: Mapping[str, np.ndarray], tasks: Sequence[Task], max_side: int = MAX_SIDE
+) -> Figure:
+    """The image and the colour picture (:meth:`tiger.tasks.Task.colorize`) of each of ``tasks`` in
+    ``prediction`` ({task: array of one image}, e.g. a :class:`tiger.inference.Prediction`), drawn at
+    most ``max_side`` pixels on the longer side."""
+    picture = _image_hwc(image, max_side)
+    size = picture.shape[:2]
+    height, width = next(iter(prediction.values())).shape[:2] if prediction else size
+    shown = [task for task in tasks if task.name in prediction]
+    columns = min(4, len(shown) + 1)
+    rows = math.ceil((len(shown) + 1) / columns)
+    scale = 2.6 / max(size)
+    figure = Figure(
+        figsize=(columns * size[1] * scale + 0.4, rows * (size[0] * scale + 0.4)), layout="constrained"
+    )
+    axes = np.asarray(figure.subplots(rows, columns, squeeze=False)).ravel()
+    axes[0].imshow(picture)
+    axes[0].set_title(f"image {height}x{width}", fontsize=9)
+    for ax, task in zip(axes[1:], shown, strict=False):
+        ax.imshow(_shrink(task.colorize(prediction[task.name]), size, nearest=True), interpolation="nearest")
+        ax.set_title(task.name, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    return figure
 
 
 def _usage_matrix(usage: dict[str, dict[str, float]]) -> tuple[list[str], list[str], np.ndarray]:

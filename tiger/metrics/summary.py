@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
+from tiger.tables import text_table
 from tiger.tasks import TASKS
 
 
@@ -76,17 +77,11 @@ def format_table(
     named = {"": rows} if single or not rows else dict(rows)
     present = set(tasks) if tasks is not None else {t for result in named.values() for t in result}
     columns = [task for task in MAIN_METRIC if task in present]
-    header = [""] * (not single) + [TASKS[t].title + (" ↑" if MAIN_METRIC[t][1] else " ↓") for t in columns]
-    body = []
-    for name, result in named.items():
-        cells = [_cell(result, t) for t in columns]
-        body.append(([name] if not single else []) + cells)
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *body]
-    ]
-    return "\n".join(lines)
+    header = [TASKS[t].title + (" ↑" if MAIN_METRIC[t][1] else " ↓") for t in columns]
+    body = [[_cell(result, t) for t in columns] for result in named.values()]
+    if single:
+        return text_table(header, body, index=False)
+    return text_table(["", *header], [[name, *cells] for name, cells in zip(named, body, strict=True)])
 
 
 def _cell(result: Mapping[str, Mapping[str, float]], task: str) -> str:
