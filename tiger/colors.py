@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255  # the label of an ignored pixel (see tiger.tasks)
+from tiger.targets import IGNORE_INDEX
+
 IGNORE_COLOUR = (255, 255, 255)
 
 

@@ -19,6 +19,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CONFIG_HINT = "or give a local copy in the config: experts.<role>.weights=/path"
+TIMM_PREFIX = "timm:"  # expert names "timm:<model_name>" (tiger.experts.timm_expert)
 NO_OFFICIAL_WEIGHTS = "none, this tiny expert is random (weights=default, seeded by its seed option)"
 
 
