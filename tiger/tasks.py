@@ -2,9 +2,10 @@
 
 An entry is a :class:`Task` of one *kind* (:class:`Classification`, :class:`Saliency`, :class:`Boundary`,
 :class:`Normals`, :class:`Depth`); the kind owns the task's per-pixel loss, post-processing, metric,
-prediction file format (write and read), colour picture, padding value, valid mask, ignored and random
-targets and the conversion to the user's units. The rest of the package only calls these methods, never
-compares task names. Adding a task means registering one entry (and giving it a config)::
+prediction file format (write and read), colour picture, padding value, valid mask, random targets,
+its data-set target tensors and the conversion to the user's units. The rest of the package only
+calls these methods, never compares task names. Adding a task means registering one entry (and giving
+it a config)::
 
     register_task(Depth("depth_far", channels=1, instruction="Estimate the distance ...", title="Far RMSE"))
 
@@ -105,10 +106,6 @@ class Task:
     def valid_mask(self, target: Tensor) -> Tensor:
         """Target in the format above -> boolean mask (B, H, W) of the pixels that count."""
         return target != IGNORE_INDEX
-
-    def ignored_target(self, batch: int, size: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
-        """A target batch of ``size`` (H, W) in which every pixel is ignored."""
-        return torch.full((batch, *size), IGNORE_INDEX, dtype=torch.long, device=device)
 
     def random_target(
         self, batch: int, size: tuple[int, int], generator: torch.Generator | None = None
@@ -337,9 +334,6 @@ class Boundary(_Probability):
     main_metric: ClassVar[str] = "odsF"
     higher_is_better: ClassVar[bool] = True
 
-    def ignored_target(self, batch, size, device="cpu"):
-        return torch.full((batch, *size), float(IGNORE_INDEX), device=device)
-
     def random_target(self, batch, size, generator=None):
         return (torch.rand(batch, *size, generator=generator) > 0.9).float()
 
@@ -375,9 +369,6 @@ class Normals(Task):
 
     def valid_mask(self, target):
         return target.abs().sum(1) > 0
-
-    def ignored_target(self, batch, size, device="cpu"):
-        return torch.zeros(batch, self.channels, *size, device=device)
 
     def random_target(self, batch, size, generator=None):
         return unit_vectors(torch.randn(batch, self.channels, *size, generator=generator))
@@ -440,9 +431,6 @@ class Depth(Task):
 
     def valid_mask(self, target):
         return target[:, 0] > 0
-
-    def ignored_target(self, batch, size, device="cpu"):
-        return torch.zeros(batch, 1, *size, device=device)
 
     def random_target(self, batch, size, generator=None):
         return torch.rand(batch, 1, *size, generator=generator) * 5 + 0.5
