@@ -358,7 +358,8 @@ def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:
             )
         if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
             raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got dtype {image.dtype}")
-        image = TF.to_image(image if image.dtype == np.uint8 else image.astype(np.float32))
+        array = image if image.dtype == np.uint8 else image.astype(np.float32)
+        image = TF.to_image(np.require(array, requirements="W"))  # torch wants a writable array
         if image.shape[0] == 1:
             image = TF.grayscale_to_rgb(image)
     elif isinstance(image, Tensor):

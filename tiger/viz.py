@@ -134,7 +134,7 @@ def _shrink(picture: np.ndarray, size: tuple[int, int], nearest: bool = False) -
     """(H, W, C) picture -> ``size`` (anti-aliased, or nearest for colour-coded labels)."""
     if picture.shape[:2] == size:
         return picture
-    tensor = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.require(picture, requirements=("C", "W"))).permute(2, 0, 1)
     if nearest:
         resized = TF.resize(tensor, list(size), interpolation=TF.InterpolationMode.NEAREST_EXACT)
     else:
