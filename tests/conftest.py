@@ -2,6 +2,8 @@
 
 ``tiny_checkpoint``: one short run of ``python -m tiger.train`` (synthetic scenes, tiny experts, 2 steps)
 per test session (per xdist worker), reused by the inference, CLI and notebook tests.
+``study_multirun``: a small known-answer study (one seed, two tasks, a short training), reused by the study
+and notebook tests.
 """
 
 from __future__ import annotations
@@ -68,3 +70,37 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def offline_env() -> Callable[[], dict[str, str]]:
     """A function that gives a fresh environment for a test's subprocess (see :func:`subprocess_env`)."""
     return subprocess_env
+
+
+STUDY_OVERRIDES = (  # the known-answer study at its smallest: one seed, depth and edge, 60 steps
+    "experiment=study_tiger",
+    "experts=study_geometry,study_pair",
+    "seed=0",
+    "data.tasks=[depth,edge]",
+    "data.datamodule.synthetic.num_train=128",
+    "data.datamodule.synthetic.num_val=16",
+    "trainer.max_steps=60",
+    "hydra/launcher=basic",
+    "trainer.val_check_interval=30",
+    "callbacks.model_checkpoint.every_n_train_steps=60",
+)
+
+
+@pytest.fixture(scope="session")
+def study_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The multirun folder of a small study: the geometry expert alone, and TIGER over geometry, boundary
+    and the two distractors (``conf/experts/study_pair.yaml``); the study experts are pretrained into a
+    temporary cache."""
+    base = tmp_path_factory.getbasetemp()
+    sweep = base / "study_multirun"
+    if (sweep / "1" / "results.json").is_file():
+        return sweep
+    env = {**subprocess_env(), "TIGER_CACHE": str(base / "tiger_cache")}
+    command = [sys.executable, "-m", "tiger.train", "-m", *STUDY_OVERRIDES, f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 or not (sweep / "1" / "results.json").is_file():
+        raise RuntimeError(
+            f"the study multirun failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n"
+            f"{result.stderr[-4000:]}"
+        )
+    return sweep

@@ -3,6 +3,7 @@ the notebooks are stored without outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -12,11 +13,19 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from PIL import Image
 
+from tiger.results import gather
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {
     "01_quick_inference": ["prediction_0.png", "prediction_1.png"],
     "02_routing_weights": ["routing_maps.png", "expert_usage.png", "routing_agreement.png"],
     "03_task_instructions": ["task_similarity.png", "task_similarity_weights.png"],
+    "04_known_answer_study": [
+        "routing_mass.png",
+        "faithfulness.png",
+        "routing_over_steps.png",
+        "routing_maps.png",
+    ],
 }
 
 
@@ -32,12 +41,21 @@ def test_every_notebook_is_listed_and_stored_without_outputs() -> None:
 
 
 @pytest.fixture(scope="module")
-def kernel(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, offline_env):
+def kernel(
+    tiny_checkpoint: Path, study_multirun: Path, tmp_path_factory: pytest.TempPathFactory, offline_env
+):
     """One python3 kernel for all notebooks (each starts from a cleared namespace, see below), with
-    ``TIGER_CHECKPOINT`` set to the tiny checkpoint and ``TIGER_NOTEBOOK_OUT`` to a temporary folder."""
+    ``TIGER_CHECKPOINT`` set to the tiny checkpoint, ``TIGER_STUDY`` to the gathered small study and
+    ``TIGER_NOTEBOOK_OUT`` to a temporary folder."""
     workdir = tmp_path_factory.mktemp("notebooks")
+    study = workdir / "study.json"
+    study.write_text(json.dumps(gather([study_multirun])))
     env = offline_env()
-    env.update(TIGER_CHECKPOINT=str(tiny_checkpoint), TIGER_NOTEBOOK_OUT=str(workdir / "figures"))
+    env.update(
+        TIGER_CHECKPOINT=str(tiny_checkpoint),
+        TIGER_STUDY=str(study),
+        TIGER_NOTEBOOK_OUT=str(workdir / "figures"),
+    )
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(cwd=str(workdir), env=env)
     try:

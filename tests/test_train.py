@@ -226,10 +226,12 @@ def test_multirun_gives_each_run_its_own_directory(tmp_path):
     )  # fmt: skip
     assert gathered.returncode == 0, gathered.stderr
     assert "model.loss.lambda_cf=0.0" in gathered.stdout and "model.loss.lambda_cf=0.2" in gathered.stdout
-    assert set(json.loads((tmp_path / "t.json").read_text())) == {
-        "model.loss.lambda_cf=0.0",
-        "model.loss.lambda_cf=0.2",
-    }
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert set(table) == {"train: model.loss.lambda_cf=0.0", "train: model.loss.lambda_cf=0.2"}
+    for run, entry in zip(runs, table.values(), strict=True):
+        results = json.loads((run / "results.json").read_text())
+        assert entry["metrics"]["semseg"]["mean"] == results["metrics"]["semseg"]["mIoU"]
+        assert entry["seeds"] == [42] and entry["usage"]["depth"]["clip_tiny"]["std"] == 0.0
 
 
 def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path):

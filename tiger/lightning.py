@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from tiger import checkpoint
+from tiger.analysis import RoutingStatistics, counterfactual_importance
 from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss, task_loss
 from tiger.metrics import build_metric
@@ -38,6 +40,9 @@ class TigerModule(L.LightningModule):
         optimizer: a partial optimizer taking ``params``.
         scheduler: ``{"warmup_steps": int, "power": float}`` for :func:`warmup_poly_schedule`, or None.
         dataset: ``nyud``, ``pascal`` or ``synthetic``: picks the metric options.
+        routing_analysis: removal modes whose counterfactual importance is compared with the routing at
+            every validation (:class:`tiger.analysis.RoutingStatistics`; costs M decoder passes per mode and
+            batch); the expert usage is always measured.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class TigerModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Mapping[str, Any] | None,
         dataset: str,
+        routing_analysis: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.net_config = plain_config(net)
@@ -62,6 +68,16 @@ class TigerModule(L.LightningModule):
         self.dataset = dataset
         self.val_metrics = nn.ModuleDict({task.name: build_metric(task, dataset) for task in self.net.tasks})
         self.last_val_results: dict[str, dict[str, float]] = {}
+        unknown = sorted(set(routing_analysis) - set(REMOVALS))
+        if unknown:
+            raise ValueError(
+                f"model.routing_analysis: unknown removal modes {unknown}; known: {list(REMOVALS)}"
+            )
+        self.routing_stats = RoutingStatistics(
+            self.net.task_names, self.net.expert_names, list(routing_analysis)
+        )
+        self.last_routing: dict[str, Any] = {}
+        self.routing_history: list[dict[str, Any]] = []  # {"step", "usage"} at every validation of a fit
 
     def forward(self, images: Tensor):
         return self.net(images)
@@ -94,6 +110,11 @@ class TigerModule(L.LightningModule):
             self.val_metrics[task.name].update(
                 task.postprocess(output.predictions[task.name]), targets[task.name]
             )
+        importance = {}
+        for removal in self.routing_stats.removals:
+            tasks, p, valid = counterfactual_importance(self.net, output, targets, removal)  # tau = 1
+            importance[removal] = ([task.name for task in tasks], p, valid)
+        self.routing_stats.update(output.alpha, importance)
 
     def on_validation_epoch_end(self) -> None:
         results: dict[str, dict[str, float]] = {}
@@ -105,6 +126,21 @@ class TigerModule(L.LightningModule):
                 {f"val/{name}/{key}": float(value) for key, value in values.items()}, sync_dist=False
             )
         self.last_val_results = results
+        routing = self.routing_stats.compute()
+        self.routing_stats.reset()
+        self.last_routing = routing
+        logged = {
+            f"val/usage/{task}/{expert}": weight
+            for task, row in routing["usage"].items()
+            for expert, weight in row.items()
+        }
+        for removal, rows in routing["faithfulness"].items():
+            for task, row in rows.items():
+                logged[f"val/faithfulness/{removal}/{task}/spearman"] = row["spearman"]
+                logged[f"val/faithfulness/{removal}/{task}/top1"] = row["top1"]
+        self.log_dict(logged, sync_dist=False)
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            self.routing_history.append({"step": int(self.global_step), "usage": routing["usage"]})
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

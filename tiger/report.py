@@ -16,7 +16,9 @@ from tiger.viz import plot_routing, save_figure
 def write_report(module: Any, datamodule: Any, output_dir: Path, max_batches: int = 4) -> dict[str, Any]:
     """Print and save the report of a trained :class:`tiger.lightning.TigerModule`.
 
-    Returns ``{"routing_figure": path, "expert_usage": {task: {expert: weight}}}``.
+    Returns ``{"routing_figure": path, "expert_usage": {task: {expert: weight}}, "routing": the last
+    validation's :class:`tiger.analysis.RoutingStatistics` (usage and faithfulness over the whole validation
+    set), "routing_history": [{"step", "usage"}] of the validations during training}``.
     """
     net = module.net.eval()
     device = next(p for p in net.parameters() if p.requires_grad).device
@@ -37,4 +39,17 @@ def write_report(module: Any, datamodule: Any, output_dir: Path, max_batches: in
     print("\nValidation (" + module.dataset + "):\n" + format_table(module.last_val_results, net.task_names))
     print("\nMean routing weight per task and expert (validation images):\n" + format_usage_table(usage))
     print(f"\nRouting figure: {figure_path}")
-    return {"routing_figure": str(figure_path), "expert_usage": usage}
+    faithfulness = module.last_routing.get("faithfulness") or {}
+    for removal, rows in faithfulness.items():
+        print(f"\nRouting vs counterfactual importance ({removal} removal, validation set):")
+        print(
+            "\n".join(
+                f"{task:<12} Spearman {r['spearman']:+.3f}  top-1 {r['top1']:.3f}" for task, r in rows.items()
+            )
+        )
+    return {
+        "routing_figure": str(figure_path),
+        "expert_usage": usage,
+        "routing": module.last_routing,
+        "routing_history": module.routing_history,
+    }

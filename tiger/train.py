@@ -13,6 +13,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tiger.checkpoint import check_resumable
@@ -33,6 +34,11 @@ def resolve_checkpoint(path: str | None) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate the best checkpoint, write results.json and the routing report; return the results."""
+    threads = cfg.get("torch_threads")
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"torch_threads must be a positive integer or null, got {threads!r}")
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))

@@ -91,7 +91,7 @@ def resolve_root(name: str, root: str | os.PathLike | None, env: str = "TIGER_DA
 
 
 class MultiTaskDataModule(L.LightningDataModule):
-    """Train / val / test dataloaders of NYUD-v2, PASCAL-Context or the synthetic scenes.
+    """Train and validation dataloaders of NYUD-v2, PASCAL-Context or the synthetic scenes.
 
     Args:
         dataset: "nyud", "pascal" or "synthetic".
@@ -101,7 +101,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         eval_size: the test-time pad size (None: ``train_size``).
         batch_size, eval_batch_size: per step (eval default: ``batch_size``).
         num_workers, pin_memory: DataLoader settings.
-        synthetic: for "synthetic": {num_train, num_val, seed, size}.
+        synthetic: for "synthetic": {num_train, num_val, seed, size, cache (keep rendered scenes in memory)}.
         root_env: the environment variable that holds the folder of the datasets.
         train_split, val_split, test_split: split names (the test split of both benchmarks is "val").
         seed: seeds the training augmentation (None: from torch's seed, see :class:`TrainTransform`).
@@ -138,10 +138,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.seed = seed
         if dataset == "synthetic":
             options = dict(synthetic or {})
-            expected = {"num_train", "num_val", "seed", "size"}
+            expected = {"num_train", "num_val", "seed", "size", "cache"}
             if set(options) - expected or not {"num_train", "num_val"} <= set(options):
                 raise ValueError(
-                    f"synthetic needs keys num_train, num_val (and optionally seed, size), got {options}"
+                    "synthetic needs keys num_train, num_val (and optionally seed, size, cache), "
+                    f"got {options}"
                 )
             self.synthetic = {"seed": 0, "size": self.train_size, **options}
             self.root = None
@@ -171,6 +172,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             if self.root is None:
                 num = self.synthetic["num_train" if stage == "train" else "num_val"]
                 options = {"num_samples": num, "size": self.synthetic["size"], "seed": self.synthetic["seed"]}
+                options["cache"] = bool(self.synthetic.get("cache", False))
                 self.datasets[stage] = build_dataset(
                     "synthetic", None, stage, self.tasks, transform, **options
                 )

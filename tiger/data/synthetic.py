@@ -64,6 +64,8 @@ class SyntheticScenes(MultiTaskDataset):
         seed: the scene stream.
         transform: raw sample -> torch sample (see :mod:`tiger.data.transforms`); None only converts.
         first_index: index of the first scene in the stream (see :data:`SYNTHETIC_SPLIT_OFFSETS`).
+        cache: keep every rendered scene in memory (about 0.2 MB a scene at 64x80), so later epochs do not
+            render it again.
     """
 
     supported_tasks = TASK_NAMES
@@ -78,6 +80,7 @@ class SyntheticScenes(MultiTaskDataset):
         seed: int = 0,
         transform: Callable[[RawSample], dict[str, Any]] | None = None,
         first_index: int = 0,
+        cache: bool = False,
     ) -> None:
         super().__init__(tasks, transform)
         if num_samples < 1:
@@ -88,11 +91,17 @@ class SyntheticScenes(MultiTaskDataset):
         self.default_size = self.size
         self.seed, self.first_index = int(seed), int(first_index)
         self.ids = [f"scene_{self.seed}_{self.first_index + i:07d}" for i in range(num_samples)]
+        self.cache: dict[int, Scene] | None = {} if cache else None
 
     def scene(self, index: int) -> Scene:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} scenes")
-        return generate_scene(self.seed, self.first_index + index, self.size)
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        scene = generate_scene(self.seed, self.first_index + index, self.size)
+        if self.cache is not None:
+            self.cache[index] = scene
+        return scene
 
     def load_raw(self, index: int) -> RawSample:
         scene = self.scene(index)

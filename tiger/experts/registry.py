@@ -23,6 +23,12 @@ EXPERTS: dict[str, tuple[str, str, str]] = {
     "dinov2_tiny": ("tiger.experts.dinov2", "DINOV2_TINY", "build_dinov2_expert"),
     "sam_tiny": ("tiger.experts.sam", "SAM_TINY", "build_sam_expert"),
     "owlv2_tiny": ("tiger.experts.owlv2", "OWLV2_TINY", "build_owlv2_expert"),
+    # the known-answer study's experts (tiger.experts.study)
+    "study_semantics": ("tiger.experts.study", "STUDY_SEMANTICS", "build_study_expert"),
+    "study_geometry": ("tiger.experts.study", "STUDY_GEOMETRY", "build_study_expert"),
+    "study_boundary": ("tiger.experts.study", "STUDY_BOUNDARY", "build_study_expert"),
+    "study_noise": ("tiger.experts.study", "STUDY_NOISE", "build_study_expert"),
+    "study_loud": ("tiger.experts.study", "STUDY_LOUD", "build_study_expert"),
 }
 
 
