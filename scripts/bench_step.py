@@ -43,20 +43,8 @@ def net_config(name: str, grid: list[int]) -> dict:
 
 
 def synthetic_batch(net, batch: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    h, w = size
-    targets = {}
-    for task in net.tasks:
-        if task.is_classification:
-            targets[task.name] = torch.randint(0, task.channels, (batch, h, w))
-        elif task.name == "sal":
-            targets[task.name] = torch.randint(0, 2, (batch, h, w))
-        elif task.name == "edge":
-            targets[task.name] = (torch.rand(batch, h, w) > 0.9).float()
-        elif task.name == "normals":
-            targets[task.name] = torch.nn.functional.normalize(torch.randn(batch, 3, h, w), dim=1)
-        else:
-            targets[task.name] = torch.rand(batch, 1, h, w) * 5 + 0.5
-    return targets
+    """A random valid target per task (the task entries' :meth:`~tiger.tasks.Task.random_target`)."""
+    return {task.name: task.random_target(batch, size) for task in net.tasks}
 
 
 def train_step(net, criterion: TigerLoss, optimizer, images, targets) -> None:

@@ -76,3 +76,22 @@ def test_a_missing_prediction_is_named(tree, tmp_path):
     victim.unlink()
     with pytest.raises(FileNotFoundError, match=victim.name):
         evaluate_folder(tmp_path, "nyud", str(tree.root), "val")
+
+
+def test_invalid_prediction_values_are_named_per_file(tree, tmp_path):
+    write_predictions(tmp_path, tree)
+    depth = sorted((tmp_path / "depth").iterdir())[0]
+    broken = np.load(depth)
+    broken[0, 0] = np.nan
+    np.save(depth, broken)
+    with pytest.raises(ValueError, match=rf"prediction {depth}: 1 non-finite depths"):
+        evaluate_folder(tmp_path, "nyud", str(tree.root), "val")
+    write_predictions(tmp_path, tree)
+    semseg = sorted((tmp_path / "semseg").iterdir())[2]
+    labels = np.asarray(Image.open(semseg)).copy()
+    labels[0, 0] = 200
+    Image.fromarray(labels).save(semseg)
+    with pytest.raises(
+        ValueError, match=rf"prediction {semseg}: class ids must lie in \[0, 40\), found \[200\]"
+    ):
+        evaluate_folder(tmp_path, "nyud", str(tree.root), "val")

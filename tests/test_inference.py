@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tiger.analysis import counterfactual_importance, expert_usage, routing_agreement
+from tiger.checkpoint import read_checkpoint
 from tiger.experts import ExpertWeightsError
-from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model, read_checkpoint
+from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
 from tiger.tasks import NUM_HUMAN_PARTS
 
 
@@ -184,9 +185,12 @@ def test_unknown_format_and_changed_keys(tiny_checkpoint: Path, tmp_path: Path) 
     with pytest.raises(ValueError) as error:
         load_model(changed)
     message = str(error.value)
-    assert "missing from the checkpoint: heads.heads.depth.1.bias" in message
-    assert "not in this model: extra.weight" in message
-    assert "heads.heads.normals.1.weight: checkpoint (4," in message
+    assert f"{changed}: the checkpoint does not fit this TIGER configuration" in message
+    assert 'Missing key(s) in state_dict: "heads.heads.depth.1.bias"' in message
+    assert 'Unexpected key(s) in state_dict: "extra.weight"' in message
+    assert (
+        "size mismatch for heads.heads.normals.1.weight: copying a param with shape torch.Size([4," in message
+    )
 
 
 def test_expert_weights_overrides(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -220,3 +224,14 @@ def test_latest_checkpoint(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: p
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(FileNotFoundError, match="python -m tiger.train"):
         latest_checkpoint(start=tmp_path / "elsewhere")
+
+
+def test_batches_are_bounded_by_pixels_not_only_by_count(predictor: Predictor) -> None:
+    images = [torch.rand(3, 64, 80) for _ in range(5)] + [torch.rand(3, 32, 40)]
+    bounded = Predictor(predictor.model, batch_size=8, batch_pixels=2 * 64 * 80)
+    assert list(bounded._batches(images)) == [[0, 1], [2, 3], [4], [5]]
+    assert list(Predictor(predictor.model, batch_size=8, batch_pixels=1)._batches(images[:2])) == [[0], [1]]
+    for one, other in zip(bounded.predict(images), predictor.predict(images), strict=True):
+        np.testing.assert_allclose(one["depth"], other["depth"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_pixels must be >= 1"):
+        Predictor(predictor.model, batch_pixels=0)

@@ -125,6 +125,11 @@ def test_cli_rejects_bad_usage(tiny_checkpoint: Path, image_folder: Path, tmp_pa
     message = capsys.readouterr().err
     assert str(missing) in message and "--expert-weights role=path" in message
     assert not out.exists()
+    a_file = tmp_path / "a_file.png"
+    a_file.write_bytes(b"")
+    for target in (a_file, a_file / "sub"):  # checked before the checkpoint is even read
+        assert main([str(tmp_path / "no.ckpt"), wide, "--out", str(target)]) == 2
+        assert f"--out {target} must be a folder" in capsys.readouterr().err
 
 
 def test_cli_on_a_foreign_checkpoint_exits_2(image_folder: Path, tmp_path: Path, offline_env) -> None:

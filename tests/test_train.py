@@ -185,7 +185,7 @@ def test_end_to_end_training_writes_results_checkpoint_and_figure(trained_run):
 
 
 def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path):
-    from tiger.lightning import check_compatible
+    from tiger.checkpoint import check_fits as check_compatible
 
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     identity = dict(checkpoint["tiger"])

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tiger.viz import colorize, plot_routing, routing_maps, save_figure
+from tiger.tasks import make_task
+from tiger.viz import bounded_size, colorize, plot_prediction, plot_routing, routing_maps, save_figure
 
 
 def assert_not_blank(path: Path) -> None:
@@ -130,3 +131,28 @@ def test_plot_routing_writes_a_figure(tmp_path: Path) -> None:
     assert_not_blank(save_figure(fig, tmp_path / "routing_plain.png"))
     with pytest.raises(ValueError, match="alpha must be"):
         plot_routing(image, alpha, grid, ["semseg"], ["clip", "dinov2", "sam"])
+
+
+def drawn_sizes(fig) -> list[tuple[int, ...]]:
+    return [tuple(image.get_array().shape[:2]) for ax in fig.axes for image in ax.get_images()]
+
+
+def test_figures_of_a_large_photo_are_drawn_at_a_bounded_resolution(tmp_path: Path) -> None:
+    assert bounded_size((3000, 4000)) == (384, 512) and bounded_size((20, 30)) == (20, 30)
+    image = np.zeros((1500, 2000, 3), np.uint8)
+    image[:, 1000:] = 255
+    alpha = torch.rand(1, 2, 12).softmax(1)
+    fig = plot_routing(image, alpha, (3, 4), ["depth"], ["clip", "sam"], max_side=200)
+    assert set(drawn_sizes(fig)) == {(150, 200)}
+    picture = np.asarray(fig.axes[0].get_images()[0].get_array())
+    assert picture[:, :90].max() == 0 and picture[:, 110:].min() == 1.0  # the photo, shrunk
+    prediction = {"semseg": np.tile(np.arange(2000) // 1000, (1500, 1)), "depth": np.ones((1500, 2000))}
+    tasks = [make_task("semseg", num_classes=3), make_task("depth")]
+    fig = plot_prediction(image, prediction, tasks, max_side=200)
+    assert set(drawn_sizes(fig)) == {(150, 200)} and fig.axes[0].get_title() == "image 1500x2000"
+    labels = np.asarray(fig.axes[1].get_images()[0].get_array())
+    assert {tuple(c) for c in labels.reshape(-1, 3)} == {
+        (0, 0, 0),
+        (128, 0, 0),
+    }  # nearest: palette colours only
+    assert_not_blank(save_figure(fig, tmp_path / "prediction.png"))

@@ -21,6 +21,7 @@ from torchmetrics import Metric
 
 from tiger.losses import causal_importance, counterfactual_delta, jensen_shannon, pixel_loss
 from tiger.model import TIGER, TigerOutput
+from tiger.tables import text_table
 from tiger.tasks import Task
 
 ArrayLike = np.ndarray | Tensor
@@ -246,13 +247,17 @@ class RoutingReport:
     def agreement_table(self) -> str:
         if self.agreement is None:
             return "(no targets: no routing/counterfactual agreement)"
-        lines = [f"{'task':<12}  {'JSD':>7}  {'top-1':>7}  {'Spearman':>8}  {'tokens':>7}"]
-        for task, row in self.agreement.items():
-            lines.append(
-                f"{task:<12}  {row['jsd']:>7.4f}  {row['top1']:>7.3f}  {row['spearman']:>8.3f}  "
-                f"{int(row['tokens']):>7d}"
-            )
-        return "\n".join(lines)
+        rows = [
+            [
+                task,
+                f"{row['jsd']:.4f}",
+                f"{row['top1']:.3f}",
+                f"{row['spearman']:.3f}",
+                f"{int(row['tokens'])}",
+            ]
+            for task, row in self.agreement.items()
+        ]
+        return text_table(["task", "JSD", "top-1", "Spearman", "tokens"], rows)
 
     def __str__(self) -> str:
         text = "Mean routing weight per task and expert:\n" + self.usage_table()
@@ -267,18 +272,8 @@ def format_usage_table(usage: dict[str, dict[str, float]]) -> str:
     if not tasks:
         raise ValueError("usage is empty")
     experts = list(usage[tasks[0]])
-    first = max(len("task"), *(len(task) for task in tasks))
-    widths = [max(len(expert), 6) for expert in experts]
-    header = "task".ljust(first) + "".join(
-        f"  {expert:>{w}}" for expert, w in zip(experts, widths, strict=True)
-    )
-    lines = [header, "-" * len(header)]
-    for task in tasks:
-        cells = "".join(
-            f"  {100 * usage[task][expert]:>{w - 1}.1f}%" for expert, w in zip(experts, widths, strict=True)
-        )
-        lines.append(task.ljust(first) + cells)
-    return "\n".join(lines)
+    rows = [[task, *(f"{100 * usage[task][expert]:.1f}%" for expert in experts)] for task in tasks]
+    return text_table(["task", *experts], rows, rule=True)
 
 
 class RoutingStatistics(Metric):

@@ -11,7 +11,7 @@ from torch import Tensor
 from tiger import options
 from tiger.instructions import DEFAULT_ENCODER, encode_instructions
 from tiger.model import TIGER, check_options
-from tiger.tasks import TASK_NAMES, make_task
+from tiger.tasks import TASKS, make_task
 
 
 def expert_specs(
@@ -55,11 +55,9 @@ def build_tiger(
     instructions = dict(instructions or {})
     texts = dict(instructions.get("texts") or {})
     weights = dict(task_weights or {})
-    unknown = sorted((set(texts) | set(weights)) - set(TASK_NAMES))
+    unknown = sorted((set(texts) | set(weights)) - set(TASKS))
     if unknown:
-        raise ValueError(
-            f"instructions or weights given for unknown tasks {unknown}; known: {list(TASK_NAMES)}"
-        )
+        raise ValueError(f"instructions or weights given for unknown tasks {unknown}; known: {list(TASKS)}")
     for name, weight in weights.items():
         options.real(weight, f"task_weights.{name}", minimum=0.0)
     if "semseg" in tasks:

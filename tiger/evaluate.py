@@ -14,9 +14,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from tiger.data import build_dataset
@@ -25,25 +23,12 @@ from tiger.tasks import Task, make_task, metric_target
 
 
 def read_prediction(folder: Path, task: Task, sample_id: str, shape: tuple[int, int]) -> torch.Tensor:
-    """One saved prediction -> the batch-of-one format that :meth:`Task.postprocess` gives."""
-    suffix = ".npy" if task.name in ("depth", "normals") else ".png"
-    path = folder / task.name / f"{sample_id}{suffix}"
+    """One saved prediction -> the batch-of-one format that :meth:`Task.postprocess` gives (the task
+    entry's :meth:`Task.read_prediction`, which checks the size and the values and names the file)."""
+    path = folder / task.name / f"{sample_id}{task.suffix}"
     if not path.is_file():
         raise FileNotFoundError(f"no prediction for {sample_id!r}: expected {path}")
-    try:
-        array = np.load(path) if suffix == ".npy" else np.asarray(Image.open(path))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read prediction {path}: {error}") from error
-    expected = (*shape, 3) if task.name == "normals" else shape
-    if array.shape != expected:
-        raise ValueError(f"prediction {path} has shape {array.shape}, expected {expected} (the image size)")
-    if task.is_classification:
-        return torch.from_numpy(array.astype(np.int64))[None]
-    if task.name in ("sal", "edge"):
-        return torch.from_numpy(array.astype(np.float32) / 255.0)[None]
-    if task.name == "normals":
-        return torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1)[None]
-    return torch.from_numpy(array.astype(np.float32))[None, None]
+    return task.read_prediction(path, shape)
 
 
 def evaluate_folder(

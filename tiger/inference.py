@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,22 +30,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
 from tiger.analysis import RoutingReport, counterfactual_importance, expert_usage, routing_agreement
-from tiger.build import build_tiger, expert_specs
+from tiger.checkpoint import build_model, read_checkpoint
 from tiger.data.common import image_to_rgb
 from tiger.model import TIGER, TigerOutput
 from tiger.nn import QueryEncoder
 from tiger.tasks import Task
-from tiger.viz import colorize
 
-SUPPORTED_FORMATS = (1,)  # tiger.lightning.CHECKPOINT_FORMAT values this module can read
-INSTRUCTION_KEY = "net.task_representation.instruction_embeddings"
 ASPECT_TOLERANCE = 1.25  # largest stretch (either way) of an image's aspect ratio onto the training grid
+BATCH_PIXELS = 2**21  # pixels per forward pass (8 images of 512 x 512): the heads' logits are at full size
 
 ImageLike = Image.Image | np.ndarray | Tensor
 
@@ -103,44 +99,6 @@ class Prediction(Mapping[str, np.ndarray]):
         return f"Prediction(size={self.size}, {shapes}{routed})"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU (``weights_only``) and check that it is a TIGER checkpoint.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: ``not a TIGER checkpoint: <path> ...`` when it cannot be read, has no ``tiger`` section
-            or state dict, or has an unknown format.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ... on foreign files
-        raise ValueError(
-            f"not a TIGER checkpoint: {path} cannot be read by torch.load(weights_only=True) "
-            f"({_load_failure(error)})"
-        ) from error
-    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("tiger"), Mapping):
-        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ValueError(
-            f"not a TIGER checkpoint: {path} has no 'tiger' section (it has {keys}); checkpoints are written "
-            "by `python -m tiger.train`"
-        )
-    saved = checkpoint["tiger"]
-    if saved.get("format") not in SUPPORTED_FORMATS:
-        raise ValueError(
-            f"not a TIGER checkpoint: {path} has tiger format {saved.get('format')!r}; this version reads "
-            f"formats {list(SUPPORTED_FORMATS)}"
-        )
-    for key in ("net", "experts", "tasks"):
-        if key not in saved:
-            raise ValueError(f"not a TIGER checkpoint: {path}: its 'tiger' section lacks {key!r}")
-    if not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise ValueError(f"not a TIGER checkpoint: {path} has no 'state_dict'")
-    return dict(checkpoint)
-
-
 def latest_checkpoint(env: str = "TIGER_CHECKPOINT", start: str | Path | None = None) -> Path:
     """The checkpoint named by the environment variable ``env``, else the newest
     ``outputs/train/runs/*/checkpoints/last.ckpt`` in ``start`` (default: the working directory) or the
@@ -166,24 +124,6 @@ def latest_checkpoint(env: str = "TIGER_CHECKPOINT", start: str | Path | None = 
         f"no checkpoint: set ${env} or train one with `python -m tiger.train` (looked for "
         f"outputs/train/runs/*/checkpoints/last.ckpt in {here} and its parents)"
     )
-
-
-def _load_failure(error: BaseException, limit: int = 300) -> str:
-    """The informative part of a ``torch.load`` error (not its advice to load unsafely)."""
-    text = str(error)
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, flags=re.DOTALL)
-    reason = (match.group(1) if match else text).strip().splitlines()
-    line = reason[0] if reason else ""
-    line = line if len(line) <= limit else line[:limit] + "..."
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-def _expert_roles(net: Mapping[str, Any]) -> list[str]:
-    """Role names of the configured experts: the mapping keys, or the expert names for a list."""
-    experts = net["experts"]
-    if isinstance(experts, Mapping):
-        return [str(role) for role in experts]
-    return [str(spec["name"]) for spec in expert_specs(experts)]
 
 
 def load_model(
@@ -212,64 +152,15 @@ def load_model(
         tiger.experts.ExpertWeightsError: an expert's weights cannot be found (offline, missing file).
     """
     path = Path(checkpoint)
-    saved_checkpoint = read_checkpoint(path)
-    saved = saved_checkpoint["tiger"]
-    state = saved_checkpoint["state_dict"]
-    net = dict(saved["net"])
-    roles = _expert_roles(net)
-    identities = [dict(identity) for identity in saved["experts"]]
-    if len(identities) != len(roles):
-        raise ValueError(f"{path}: {len(identities)} expert identities for {len(roles)} configured experts")
-    overrides = dict(expert_weights or {})
-    unknown = sorted(set(overrides) - set(roles))
-    if unknown:
-        raise ValueError(
-            f"expert_weights names roles {unknown} that {path} does not have; its roles: {roles}"
-        )
-    for role, identity in zip(roles, identities, strict=True):
-        if role in overrides:
-            identity["weights"] = None if overrides[role] is None else str(overrides[role])
-    net["experts"] = dict(zip(roles, identities, strict=True))
-
-    encoder = dict(net.get("instructions") or {}).get("encoder", "default")
-    embeddings = state.get(INSTRUCTION_KEY)
-    if encoder is not None and embeddings is None:
-        raise ValueError(
-            f"{path}: the model was trained with instruction encoder {encoder!r} but its state_dict has no "
-            f"{INSTRUCTION_KEY!r}"
-        )
-    model = _build(net, embeddings)
-    trainable = {key[len("net.") :]: value for key, value in state.items() if key.startswith("net.")}
-    try:
-        model.load_trainable_state_dict(trainable)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-    if model.task_names != list(saved["tasks"]):
-        raise ValueError(
-            f"{path}: rebuilt tasks {model.task_names} differ from stored {list(saved['tasks'])}"
-        )
+    saved = read_checkpoint(path)
     return Predictor(
-        model,
-        dataset=str(saved.get("dataset", "")),
-        loss_options=dict(saved.get("loss") or {}),
+        build_model(saved, path, expert_weights),
+        dataset=str(saved["tiger"].get("dataset", "")),
+        loss_options=dict(saved["tiger"].get("loss") or {}),
         device=device,
         keep_aspect=keep_aspect,
         batch_size=batch_size,
     )
-
-
-def _build(net: dict[str, Any], embeddings: Tensor | None) -> TIGER:
-    """build_tiger, with a hint on ``expert_weights`` when an expert's weights are missing."""
-    from tiger.experts import ExpertWeightsError  # every expert family's library: imported on first use
-
-    try:
-        return build_tiger(**net, instruction_embeddings=embeddings)
-    except ExpertWeightsError as error:
-        roles = ", ".join(f"{role}={identity.get('name')}" for role, identity in net["experts"].items())
-        raise ExpertWeightsError(
-            f"{error}\n(inference: give local weights per expert role with load_model(..., expert_weights="
-            f"{{role: path}}) or `python -m tiger.predict ... --expert-weights role=path`; roles: {roles})"
-        ) from error
 
 
 class Predictor:
@@ -282,7 +173,8 @@ class Predictor:
             :meth:`routing_report` (TigerLoss defaults where absent).
         device: where to run.
         keep_aspect: see the module docstring.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass, at most.
+        batch_pixels: pixels per forward pass, at most (large photos go one at a time).
 
     Attributes:
         tasks, task_names, expert_names, grid (the training token grid), patch (pixels per token side of the
@@ -298,9 +190,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         keep_aspect: bool = True,
         batch_size: int = 8,
+        batch_pixels: int = BATCH_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_pixels < 1:
+            raise ValueError(f"batch_pixels must be >= 1, got {batch_pixels}")
+        self.batch_pixels = batch_pixels
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.dataset = dataset
@@ -355,7 +251,7 @@ class Predictor:
         work = (grid[0] * self.patch, grid[1] * self.patch)
         pixels = images.to(self.device, torch.float32)
         if (height, width) != work:
-            pixels = F.interpolate(pixels, size=work, mode="bilinear", align_corners=False, antialias=True)
+            pixels = TF.resize(pixels, list(work), antialias=True)  # bilinear
         return self.model(pixels, grid, size=size or (height, width))
 
     def predict(
@@ -380,7 +276,7 @@ class Predictor:
             batch = torch.stack([tensors[i] for i in indices])
             output = self.forward(batch)
             outputs = {
-                task.name: _to_user_units(task, task.postprocess(output.predictions[task.name]))
+                task.name: task.to_numpy(task.postprocess(output.predictions[task.name]))
                 for task in self.model.tasks
                 if task.name in wanted
             }
@@ -440,80 +336,44 @@ class Predictor:
         return set(tasks)
 
     def _batches(self, tensors: Sequence[Tensor]) -> Iterator[list[int]]:
-        """Indices of same-sized images, at most ``batch_size`` at a time."""
+        """Indices of same-sized images, at most ``batch_size`` and ``batch_pixels`` pixels at a time (one
+        image at least)."""
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, tensor in enumerate(tensors):
             by_size.setdefault(tuple(tensor.shape), []).append(index)
-        for indices in by_size.values():
-            for start in range(0, len(indices), self.batch_size):
-                yield indices[start : start + self.batch_size]
-
-
-def plot_prediction(image: ImageLike, prediction: Prediction, predictor: Predictor) -> Figure:
-    """The image and the colour picture of every task of one prediction (:func:`tiger.viz.colorize`)."""
-    picture = as_image_tensor(image).permute(1, 2, 0).numpy()
-    tasks = [task for task in predictor.tasks if task.name in prediction]
-    columns = min(4, len(tasks) + 1)
-    rows = math.ceil((len(tasks) + 1) / columns)
-    height, width = prediction.size
-    scale = 2.6 / max(height, width)
-    figure = Figure(
-        figsize=(columns * width * scale + 0.4, rows * (height * scale + 0.4)), layout="constrained"
-    )
-    axes = np.asarray(figure.subplots(rows, columns, squeeze=False)).ravel()
-    axes[0].imshow(picture)
-    axes[0].set_title(f"image {height}x{width}", fontsize=9)
-    for ax, task in zip(axes[1:], tasks, strict=False):
-        classes = task.channels if task.is_classification else None
-        ax.imshow(colorize(task.name, prediction[task.name], classes), interpolation="nearest")
-        ax.set_title(task.name, fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    return figure
-
-
-def _to_user_units(task: Task, prediction: Tensor) -> np.ndarray:
-    """Output of :meth:`Task.postprocess` for a batch -> numpy in the documented per-image layout."""
-    array = prediction.detach().cpu()
-    if task.is_classification:
-        return array.long().numpy()
-    if task.name == "depth":
-        return array[:, 0].float().numpy()
-    if task.name == "normals":
-        return array.permute(0, 2, 3, 1).float().numpy()
-    return array.float().numpy()
+        for shape, indices in by_size.items():
+            step = max(1, min(self.batch_size, self.batch_pixels // (shape[-2] * shape[-1])))
+            for start in range(0, len(indices), step):
+                yield indices[start : start + step]
 
 
 def as_image_tensor(image: ImageLike, index: int = 0) -> Tensor:
-    """One image -> (3, H, W) float32 in [0, 1]; see :meth:`Predictor.predict` for what is accepted."""
+    """One image -> (3, H, W) float32 in [0, 1] (torchvision's ``to_image`` / ``to_dtype`` /
+    ``grayscale_to_rgb``); see :meth:`Predictor.predict` for what is accepted."""
     if isinstance(image, Image.Image):
         image = image_to_rgb(image, f"image {index}")  # 16-bit grey scaled, unknown modes refused
     if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=-1)
-        if array.ndim != 3 or array.shape[-1] != 3:
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
             raise ValueError(
-                f"image {index}: expected an (H, W, 3) RGB or (H, W) greyscale array, got shape {array.shape}"
+                f"image {index}: expected an (H, W, 3) RGB or (H, W) greyscale array, got shape {image.shape}"
             )
-        if array.dtype == np.uint8:
-            tensor = torch.tensor(array).permute(2, 0, 1).float() / 255.0
-        elif np.issubdtype(array.dtype, np.floating):
-            tensor = torch.tensor(array, dtype=torch.float32).permute(2, 0, 1)
-        else:
-            raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got dtype {array.dtype}")
+        if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got dtype {image.dtype}")
+        array = image if image.dtype == np.uint8 else image.astype(np.float32)
+        image = TF.to_image(np.require(array, requirements="W"))  # torch wants a writable array
+        if image.shape[0] == 1:
+            image = TF.grayscale_to_rgb(image)
     elif isinstance(image, Tensor):
-        tensor = image
-        if tensor.ndim != 3 or tensor.shape[0] != 3 or not tensor.is_floating_point():
+        if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
             raise ValueError(
-                f"image {index}: expected a float tensor (3, H, W) in [0, 1], got {tensor.dtype} "
-                f"{tuple(tensor.shape)}"
+                f"image {index}: expected a float tensor (3, H, W) in [0, 1], got {image.dtype} "
+                f"{tuple(image.shape)}"
             )
-        tensor = tensor.float()
     else:
         raise TypeError(
             f"image {index}: expected a PIL image, numpy array or tensor, got {type(image).__name__}"
         )
+    tensor = TF.to_dtype(image, torch.float32, scale=True).as_subclass(Tensor)
     if tensor.shape[-1] < 1 or tensor.shape[-2] < 1:
         raise ValueError(f"image {index}: empty image of size {tuple(tensor.shape[-2:])}")
     low, high = float(tensor.min()), float(tensor.max())

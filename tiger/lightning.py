@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 
+from tiger import checkpoint
 from tiger.analysis import RoutingStatistics, counterfactual_importance
 from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss, task_loss
@@ -17,8 +18,6 @@ from tiger.metrics import build_metric
 from tiger.model import REMOVALS
 from tiger.options import OptionError, choice, integer, option_prefix, real
 from tiger.tasks import metric_target
-
-CHECKPOINT_FORMAT = 1
 
 
 def warmup_poly_schedule(
@@ -173,30 +172,19 @@ class TigerModule(L.LightningModule):
         scheduler = warmup_poly_schedule(optimizer, int(total), **self.scheduler_options)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # checkpoints: only what was trained, plus what is needed to rebuild the frozen parts
+    # checkpoints: only what was trained, plus what is needed to rebuild the frozen parts (tiger.checkpoint)
     def checkpoint_identity(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "net": self.net_config,
-            "loss": self.loss_options,
-            "dataset": self.dataset,
-            "tasks": self.net.task_names,
-            "experts": [dict(expert.identity) for expert in self.net.experts],
-        }
+        return checkpoint.tiger_section(self.net, self.net_config, self.loss_options, self.dataset)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {
-            key: value
-            for key, value in checkpoint["state_dict"].items()
-            if not key.startswith("net.experts.")
-        }
-        checkpoint["tiger"] = self.checkpoint_identity()
+    def on_save_checkpoint(self, saved: dict[str, Any]) -> None:
+        saved["state_dict"] = checkpoint.trainable_state(saved["state_dict"])
+        saved[checkpoint.SECTION] = self.checkpoint_identity()
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_compatible(checkpoint, self.checkpoint_identity())
-        trainable = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        self.net.load_trainable_state_dict(trainable)  # raises naming any key or shape difference
-        checkpoint["state_dict"].update({f"net.{k}": v for k, v in self.net.experts_state_dict().items()})
+    def on_load_checkpoint(self, saved: dict[str, Any]) -> None:
+        source = getattr(self._trainer, "ckpt_path", None) or ""  # the file, when Lightning reads one
+        checkpoint.check_fits(saved, self.checkpoint_identity(), source)
+        checkpoint.load_trainable(self.net, saved["state_dict"], source)  # names any key or shape difference
+        saved["state_dict"].update(checkpoint.frozen_state(self.net))  # for Lightning's own strict load
 
 
 def check_optimizer(factory: Callable[..., torch.optim.Optimizer]) -> None:
@@ -254,21 +242,3 @@ def check_finite(terms: Mapping[str, Tensor], step: int, strategy: Strategy | No
         f"step {step}: {what}; stopping at the first non-finite loss (check the learning rate, "
         "the loss settings model.loss.* and the data of this batch)"
     )
-
-
-def check_compatible(checkpoint: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
-    """Raise a ValueError naming the difference when a checkpoint comes from another configuration."""
-    saved = checkpoint.get("tiger")
-    if not isinstance(saved, Mapping) or "experts" not in saved:
-        raise ValueError("not a TIGER checkpoint: it has no 'tiger' section (experts, tasks, config)")
-    differences = []
-    saved_experts = [expert.get("name") for expert in saved["experts"]]
-    own_experts = [expert.get("name") for expert in identity["experts"]]
-    if saved_experts != own_experts:
-        differences.append(f"experts: checkpoint {saved_experts} vs configured {own_experts}")
-    if list(saved["tasks"]) != list(identity["tasks"]):
-        differences.append(
-            f"tasks: checkpoint {list(saved['tasks'])} vs configured {list(identity['tasks'])}"
-        )
-    if differences:
-        raise ValueError("the checkpoint comes from another configuration: " + "; ".join(differences))

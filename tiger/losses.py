@@ -11,13 +11,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tiger import options
-from tiger.tasks import IGNORE_INDEX, Task, unit_vectors
-
-EDGE_POSITIVE_WEIGHT = 0.95
+from tiger.tasks import Task
 
 
 def pixel_loss(task: Task, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """The reference per-pixel loss of a task.
+    """The reference per-pixel loss of a task: its entry's :meth:`tiger.tasks.Task.pixel_loss`.
 
     Args:
         task: the task.
@@ -25,30 +23,10 @@ def pixel_loss(task: Task, logits: Tensor, target: Tensor) -> tuple[Tensor, Tens
         target: its target in the format of :mod:`tiger.tasks`.
 
     Returns:
-        loss: (B, H, W), per-pixel loss.
-        weight: (B, H, W), zero on ignored pixels; the task loss is ``sum(loss * weight) / sum(weight)``
-        (all ones on valid pixels, except for saliency's class weights).
+        loss: (B, H, W), per-pixel loss (zero on ignored pixels).
+        weight: (B, H, W), zero on ignored pixels; the task loss is ``sum(loss * weight) / sum(weight)``.
     """
-    valid = task.valid_mask(target)
-    weight = valid.to(logits.dtype)
-    if task.is_classification:
-        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
-    elif task.name == "sal":
-        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
-        positive = (target == 1) & valid
-        w = 1.0 - positive.sum() / valid.sum().clamp_min(1)  # w = #neg / #valid over the batch
-        weight = torch.where(positive, w, 1.0 - w) * weight  # class weights [1 - w, w]
-    elif task.name == "edge":
-        x, y = logits[:, 0], torch.where(valid, target, 0.0)
-        w = EDGE_POSITIVE_WEIGHT  # balanced BCE: -(w y log s + (1 - w)(1 - y) log(1 - s))
-        loss = w * y * F.softplus(-x) + (1 - w) * (1 - y) * F.softplus(x)
-    elif task.name == "normals":
-        loss = (unit_vectors(logits) - target).abs().sum(1)
-    elif task.name == "depth":
-        loss = (logits - target).abs()[:, 0]
-    else:
-        raise AssertionError(task.name)
-    return loss * weight.ne(0), weight
+    return task.pixel_loss(logits, target)
 
 
 def weighted_mean(loss: Tensor, weight: Tensor) -> Tensor:

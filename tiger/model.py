@@ -3,7 +3,7 @@ interaction -> shared decoder -> task heads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -225,32 +225,6 @@ class TIGER(nn.Module):
         logits = self.decode(removed, output.grid, tuple(size))
         return {name: rearrange(x, "(m b) c h w -> b m c h w", m=experts) for name, x in logits.items()}
 
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Everything but the frozen experts' weights (those are rebuilt from their identities)."""
-        return {key: value for key, value in self.state_dict().items() if not key.startswith("experts.")}
-
-    def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Load :meth:`trainable_state_dict` output; the keys and shapes must match exactly."""
-        own = self.trainable_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [
-            f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
-            for key in sorted(set(own) & set(state))
-            if state[key].shape != own[key].shape
-        ]
-        if missing or unexpected or mismatched:
-            raise ValueError(
-                "the checkpoint does not fit this TIGER configuration:"
-                + _listing("missing from the checkpoint", missing)
-                + _listing("not in this model", unexpected)
-                + _listing("shape differs", mismatched)
-            )
-        self.load_state_dict({**state, **self.experts_state_dict()}, strict=True)
-
-    def experts_state_dict(self) -> dict[str, Tensor]:
-        return {key: value for key, value in self.state_dict().items() if key.startswith("experts.")}
-
 
 def check_options(
     grid: Sequence[int], *, expert_interaction: bool, task_interaction: bool, **sizes: int | None
@@ -295,10 +269,3 @@ def check_images(images: Tensor) -> None:
         raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
-
-
-def _listing(title: str, items: list[str], limit: int = 8) -> str:
-    if not items:
-        return ""
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"\n  {title}: " + ", ".join(items[:limit]) + more

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -35,10 +36,9 @@ from tqdm import tqdm
 from tiger.data.common import image_to_rgb
 from tiger.inference import Prediction, Predictor, load_model
 from tiger.tasks import Task
-from tiger.viz import colorize, plot_routing, save_figure
+from tiger.viz import plot_routing, save_figure
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-RAW_SUFFIX = {"semseg": ".png", "human_parts": ".png", "sal": ".png", "edge": ".png"}
 USAGE_ERROR = 2
 SHOW_CONFLICTS = 5
 
@@ -137,13 +137,25 @@ def image_ids(files: Sequence[Path]) -> list[str]:
     return [path.stem for path in files]
 
 
-def output_paths(out: Path, image_id: str, tasks: Sequence[str], routing: bool) -> list[Path]:
+def output_paths(out: Path, image_id: str, tasks: Sequence[Task], routing: bool) -> list[Path]:
     """Every file written for one image."""
-    paths = [out / task / f"{image_id}{RAW_SUFFIX.get(task, '.npy')}" for task in tasks]
-    paths += [out / "vis" / task / f"{image_id}.png" for task in tasks]
+    paths = [raw_path(out, task, image_id) for task in tasks]
+    paths += [out / "vis" / task.name / f"{image_id}.png" for task in tasks]
     if routing:
         paths.append(out / "routing" / f"{image_id}.png")
     return paths
+
+
+def check_out(out: Path) -> None:
+    """A usage error unless ``out`` is (or can be made) a writable folder: checked before any work."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == out else f" ({folder} is a file)"
+                raise UsageError(f"--out {out} must be a folder, but it is inside or is a file{where}")
+            if not os.access(folder, os.W_OK):
+                raise UsageError(f"--out {out}: {folder} is not writable")
+            return
 
 
 def check_device(name: str) -> None:
@@ -164,18 +176,9 @@ def read_image(path: Path) -> tuple[np.ndarray, str]:
         return image_to_rgb(upright, path), mode
 
 
-def save_raw(task: Task, prediction: np.ndarray, path: Path) -> None:
-    """One prediction in the saved-prediction format (see the module docstring)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if task.is_classification:
-        if prediction.max(initial=0) > 255:
-            raise ValueError(f"{task.name}: class ids above 255 cannot be stored as uint8 PNG")
-        Image.fromarray(prediction.astype(np.uint8), mode="L").save(path)
-    elif task.name in ("sal", "edge"):
-        quantised = np.clip(np.floor(prediction.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-        Image.fromarray(quantised, mode="L").save(path)
-    else:
-        np.save(path, prediction.astype(np.float32))
+def raw_path(out: Path, task: Task, image_id: str) -> Path:
+    """Where the raw prediction of ``task`` for image ``image_id`` goes (the entry's file suffix)."""
+    return out / task.name / f"{image_id}{task.suffix}"
 
 
 def write_prediction(
@@ -184,13 +187,10 @@ def write_prediction(
     """All outputs of one image."""
     tasks = [task for task in predictor.tasks if task.name in prediction]
     for task in tasks:
-        save_raw(
-            task, prediction[task.name], out / task.name / f"{image_id}{RAW_SUFFIX.get(task.name, '.npy')}"
-        )
+        task.write_prediction(prediction[task.name], raw_path(out, task, image_id))
         picture = out / "vis" / task.name / f"{image_id}.png"
         picture.parent.mkdir(parents=True, exist_ok=True)
-        num_classes = task.channels if task.is_classification else None
-        Image.fromarray(colorize(task.name, prediction[task.name], num_classes)).save(picture)
+        Image.fromarray(task.colorize(prediction[task.name])).save(picture)
     if routing and prediction.routing is not None:
         names = [task.name for task in tasks]
         rows = [prediction.routing.task_names.index(name) for name in names]
@@ -206,6 +206,7 @@ def write_prediction(
 
 def run(args: argparse.Namespace) -> int:
     """The whole command; returns the exit status."""
+    check_out(args.out)
     files, notes = collect_images(args.inputs)
     ids = image_ids(files)
     if args.batch_size < 1:
@@ -223,11 +224,12 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--tasks {unknown} are not predicted by this model; it has {predictor.task_names}")
     routing = not args.no_routing
+    chosen = [task for task in predictor.tasks if task.name in tasks]
     if not args.overwrite:
         existing = [
             path
             for image_id in ids
-            for path in output_paths(args.out, image_id, tasks, routing)
+            for path in output_paths(args.out, image_id, chosen, routing)
             if path.exists()
         ]
         if existing:

@@ -8,7 +8,6 @@ expert-usage table and a routing figure.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from tiger.checkpoint import check_resumable
 from tiger.options import OptionError
 from tiger.report import write_report
-
-log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | None) -> str | None:
@@ -34,7 +32,7 @@ def resolve_checkpoint(path: str | None) -> str | None:
         candidate = candidate / "checkpoints" / "last.ckpt"
     if not candidate.is_file():
         raise FileNotFoundError(f"ckpt_path={path!r}: no checkpoint at {candidate}")
-    return str(candidate)
+    return str(check_resumable(candidate))  # a clear error before Lightning reads the file
 
 
 def user_key(cfg: DictConfig, key: str) -> str:

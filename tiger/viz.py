@@ -8,7 +8,9 @@ Every function is pure: figures are built as :class:`matplotlib.figure.Figure` o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -20,13 +22,14 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
-from tiger.tasks import IGNORE_INDEX, NUM_HUMAN_PARTS, TASK_NAMES, palette
+from tiger.tasks import Task, get_task
 
 ArrayLike = np.ndarray | Tensor
 
-IGNORE_COLOUR = (255, 255, 255)
 ROUTING_CMAP = "viridis"
+MAX_SIDE = 512  # figures draw images and maps at most this many pixels on their longer side
 
 
 def _numpy(value: ArrayLike) -> np.ndarray:
@@ -46,13 +49,14 @@ def colorize(
     *,
     vmin: float | None = None,
     vmax: float | None = None,
-    cmap: str = "magma",
+    cmap: str | None = None,
 ) -> np.ndarray:
-    """A prediction (or target) of one image -> an RGB picture (H, W, 3) uint8.
+    """A prediction (or target) of one image -> an RGB picture (H, W, 3) uint8: the task entry's
+    :meth:`tiger.tasks.Task.colorize`.
 
     Args:
-        task_name: one of :data:`tiger.tasks.TASK_NAMES`.
-        prediction: numpy array or torch tensor, in the format of :meth:`tiger.tasks.Task.postprocess`
+        task_name: a registered task (:data:`tiger.tasks.TASKS`).
+        prediction: numpy array or torch tensor, in the user layout of :meth:`tiger.tasks.Task.to_numpy`
             for one image:
 
             * semseg / human_parts: class map (H, W), integer; VOC palette, ``255`` (ignore) white.
@@ -62,86 +66,15 @@ def colorize(
             * normals: unit vectors (H, W, 3) or (3, H, W) -> ``round((n + 1) / 2 * 255)``; all-zero
               (invalid) pixels black.
             * sal / edge: probabilities (H, W) in [0, 1] (or the saved uint8 format, divided by 255) -> grey.
-        num_classes: semseg / human_parts only: labels must be below it (or 255); default: any label
-            < 256 for semseg, 7 for human_parts.
-        vmin, vmax: depth only: the colour range in metres.
-        cmap: depth only: a matplotlib colormap name.
+        num_classes: classification tasks only: labels must be below it (or 255); default: the task's
+            classes (any label < 256 for semseg, 7 for human_parts).
+        vmin, vmax, cmap: depth only: the colour range in metres and a matplotlib colormap name (magma).
     """
-    if task_name not in TASK_NAMES:
-        raise ValueError(f"unknown task {task_name!r}; known tasks: {', '.join(TASK_NAMES)}")
-    array = _numpy(prediction)
-    if task_name in ("semseg", "human_parts"):
-        default = NUM_HUMAN_PARTS if task_name == "human_parts" else IGNORE_INDEX
-        return _colorize_classes(task_name, array, num_classes or default)
-    if task_name == "depth":
-        return _colorize_depth(array, vmin, vmax, cmap)
-    if task_name == "normals":
-        return _colorize_normals(array)
-    return _colorize_probability(task_name, array)
-
-
-def _colorize_classes(task_name: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{task_name}: expected an integer class map (H, W), got {labels.dtype} {labels.shape}"
-        )
-    ignore = labels == IGNORE_INDEX
-    bad = (labels < 0) | ((labels >= num_classes) & ~ignore)
-    if bad.any():
-        raise ValueError(
-            f"{task_name}: labels must lie in [0, {num_classes}) or be {IGNORE_INDEX} (ignore), "
-            f"found {np.unique(labels[bad])[:8].tolist()}"
-        )
-    rgb = palette(max(num_classes, 1))[np.where(ignore, 0, labels)]
-    rgb[ignore] = IGNORE_COLOUR
-    return rgb
-
-
-def _colorize_depth(depth: np.ndarray, vmin: float | None, vmax: float | None, cmap: str) -> np.ndarray:
-    if depth.ndim == 3 and depth.shape[0] == 1:
-        depth = depth[0]
-    if depth.ndim != 2:
-        raise ValueError(f"depth: expected metres (H, W) or (1, H, W), got shape {depth.shape}")
-    depth = depth.astype(np.float64)
-    valid = np.isfinite(depth) & (depth > 0)
-    if valid.any():
-        low, high = np.percentile(depth[valid], [2.0, 98.0])
-    else:
-        low, high = 0.0, 1.0
-    low = low if vmin is None else vmin
-    high = high if vmax is None else vmax
-    if high < low:
-        raise ValueError(f"depth: vmax ({high}) must not be below vmin ({low})")
-    position = np.clip((high - np.where(valid, depth, high)) / max(high - low, 1e-12), 0.0, 1.0)
-    rgb = (matplotlib.colormaps[cmap](position)[..., :3] * 255).round().astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
-
-
-def _colorize_normals(normals: np.ndarray) -> np.ndarray:
-    if normals.ndim == 3 and normals.shape[-1] != 3 and normals.shape[0] == 3:
-        normals = normals.transpose(1, 2, 0)
-    if normals.ndim != 3 or normals.shape[-1] != 3:
-        raise ValueError(f"normals: expected unit vectors (H, W, 3) or (3, H, W), got shape {normals.shape}")
-    normals = normals.astype(np.float64)
-    rgb = np.clip(np.round((normals + 1.0) / 2.0 * 255.0), 0, 255).astype(np.uint8)
-    rgb[np.abs(normals).sum(-1) == 0] = 0
-    return rgb
-
-
-def _colorize_probability(task_name: str, probability: np.ndarray) -> np.ndarray:
-    if probability.ndim != 2:
-        raise ValueError(f"{task_name}: expected probabilities (H, W), got shape {probability.shape}")
-    if probability.dtype == np.uint8:
-        probability = probability / 255.0
-    probability = probability.astype(np.float64)
-    if not np.isfinite(probability).all() or probability.min() < 0 or probability.max() > 1:
-        raise ValueError(
-            f"{task_name}: expected probabilities in [0, 1], got range "
-            f"[{np.nanmin(probability):.4g}, {np.nanmax(probability):.4g}]"
-        )
-    grey = np.round(probability * 255.0).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
+    task = get_task(task_name)
+    if num_classes and task.is_classification:
+        task = replace(task, channels=num_classes)
+    style = {key: value for key, value in dict(vmin=vmin, vmax=vmax, cmap=cmap).items() if value is not None}
+    return task.colorize(_numpy(prediction), **style)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,16 +105,41 @@ def routing_maps(alpha: ArrayLike, grid: Sequence[int], size: Sequence[int]) -> 
     return upsampled.reshape(*weights.shape[:2], int(size[0]), int(size[1])).clamp(0.0, 1.0).numpy()
 
 
-def _image_hwc(image: ArrayLike) -> np.ndarray:
-    """(H0, W0, 3) uint8 or (3, H0, W0) / (H0, W0, 3) float in [0, 1] -> (H0, W0, 3) float in [0, 1]."""
+def _image_hwc(image: ArrayLike, max_side: int | None = None) -> np.ndarray:
+    """(H0, W0, 3) uint8 or (3, H0, W0) / (H0, W0, 3) float in [0, 1] -> (H, W, 3) float in [0, 1], shrunk
+    to :func:`bounded_size` when ``max_side`` is given."""
     array = _numpy(image)
     if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
         array = array.transpose(1, 2, 0)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3) or (3, H, W), got shape {array.shape}")
+    if max_side is not None:
+        array = _shrink(
+            array if array.dtype == np.uint8 else array.astype(np.float32),
+            bounded_size(array.shape[:2], max_side),
+        )
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float64) / 255.0
     return np.clip(array.astype(np.float64), 0.0, 1.0)
+
+
+def bounded_size(size: Sequence[int], max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(H, W) scaled down (aspect kept) so that the longer side is at most ``max_side``; never up."""
+    height, width = int(size[0]), int(size[1])
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _shrink(picture: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """(H, W, C) picture -> ``size`` (anti-aliased, or nearest for colour-coded labels)."""
+    if picture.shape[:2] == size:
+        return picture
+    tensor = torch.from_numpy(np.require(picture, requirements=("C", "W"))).permute(2, 0, 1)
+    if nearest:
+        resized = TF.resize(tensor, list(size), interpolation=TF.InterpolationMode.NEAREST_EXACT)
+    else:
+        resized = TF.resize(tensor.float(), list(size), antialias=True)
+    return resized.permute(1, 2, 0).numpy().astype(picture.dtype)
 
 
 def _expert_colours(num_experts: int) -> ListedColormap:
@@ -196,6 +154,7 @@ def plot_routing(
     task_names: Sequence[str],
     expert_names: Sequence[str],
     overlay: bool = True,
+    max_side: int = MAX_SIDE,
 ) -> Figure:
     """Per-task, per-expert routing-weight maps over one image (the paper's Fig. 5).
 
@@ -208,8 +167,10 @@ def plot_routing(
         grid: the token grid (H, W).
         task_names: T names; expert_names: M names.
         overlay: draw the maps semi-transparently over a grey copy of the image.
+        max_side: the image and the maps are drawn at most this many pixels on their longer side (a
+            12-megapixel photo costs what a 512-pixel one does).
     """
-    picture = _image_hwc(image)
+    picture = _image_hwc(image, max_side)
     weights = _numpy(alpha)
     if weights.ndim != 3 or weights.shape[:2] != (len(task_names), len(expert_names)):
         raise ValueError(
@@ -263,6 +224,33 @@ def plot_routing(
 
 # ----------------------------------------------------------------------------------------------------------
 # Expert usage
+
+
+def plot_prediction(
+    image: ArrayLike, prediction: Mapping[str, np.ndarray], tasks: Sequence[Task], max_side: int = MAX_SIDE
+) -> Figure:
+    """The image and the colour picture (:meth:`tiger.tasks.Task.colorize`) of each of ``tasks`` in
+    ``prediction`` ({task: array of one image}, e.g. a :class:`tiger.inference.Prediction`), drawn at
+    most ``max_side`` pixels on the longer side."""
+    picture = _image_hwc(image, max_side)
+    size = picture.shape[:2]
+    height, width = next(iter(prediction.values())).shape[:2] if prediction else size
+    shown = [task for task in tasks if task.name in prediction]
+    columns = min(4, len(shown) + 1)
+    rows = math.ceil((len(shown) + 1) / columns)
+    scale = 2.6 / max(size)
+    figure = Figure(
+        figsize=(columns * size[1] * scale + 0.4, rows * (size[0] * scale + 0.4)), layout="constrained"
+    )
+    axes = np.asarray(figure.subplots(rows, columns, squeeze=False)).ravel()
+    axes[0].imshow(picture)
+    axes[0].set_title(f"image {height}x{width}", fontsize=9)
+    for ax, task in zip(axes[1:], shown, strict=False):
+        ax.imshow(_shrink(task.colorize(prediction[task.name]), size, nearest=True), interpolation="nearest")
+        ax.set_title(task.name, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    return figure
 
 
 def _usage_matrix(usage: dict[str, dict[str, float]]) -> tuple[list[str], list[str], np.ndarray]:

@@ -92,7 +92,7 @@ def resolve_root(name: str, root: str | os.PathLike | None, env: str = "TIGER_DA
 
 
 class MultiTaskDataModule(L.LightningDataModule):
-    """Train / val / test dataloaders of NYUD-v2, PASCAL-Context or the synthetic scenes.
+    """Train and validation dataloaders of NYUD-v2, PASCAL-Context or the synthetic scenes.
 
     Args:
         dataset: "nyud", "pascal" or "synthetic".
@@ -215,9 +215,3 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

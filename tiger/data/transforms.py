@@ -31,49 +31,47 @@ import numpy as np
 import torch
 
 from tiger import options
-from tiger.tasks import IGNORE_INDEX
+from tiger.tasks import IGNORE_INDEX, TASKS
 
 RawSample = dict[str, Any]
-TARGET_KEYS = ("semseg", "human_parts", "sal", "edge", "depth", "normals")
 METRIC_ONLY_KEYS = ("edge_seism",)
-"""Ground truths that only the metrics read (the boundary metric's SEISM map): never augmented."""
+"""Ground truths that only the metrics read (the boundary metric's SEISM map): moved, never augmented."""
 IMAGE_PAD_COLOUR = (0.485, 0.456, 0.406)
 """The image padding colour in [0, 1]: the ImageNet mean (``timm.data.IMAGENET_DEFAULT_MEAN``), i.e. 0 after
 the normalisation InvPT / ATRC pad after; the OpenAI CLIP mean differs from it by less than 0.005."""
-PAD_VALUES: dict[str, float | tuple[float, ...]] = {
-    "image": IMAGE_PAD_COLOUR,
-    "semseg": IGNORE_INDEX,
-    "human_parts": IGNORE_INDEX,
-    "sal": IGNORE_INDEX,
-    "edge": IGNORE_INDEX,
-    "edge_seism": IGNORE_INDEX,
-    "depth": 0.0,
-    "normals": 0.0,
-}
 
 
 def _arrays(raw: RawSample) -> list[str]:
-    return [key for key in ("image", *TARGET_KEYS, *METRIC_ONLY_KEYS) if key in raw]
+    """The image, the targets of the registered tasks and the metric-only ground truths in ``raw`` (what
+    every geometric step moves)."""
+    return [key for key in ("image", *TASKS, *METRIC_ONLY_KEYS) if key in raw]
 
 
 def pad_value(key: str, dtype: np.dtype) -> np.ndarray:
-    """The padding value of ``key`` for an array of ``dtype``: the image colour as uint8 ``round(255 c)``
-    for a uint8 image, in [0, 1] otherwise."""
-    value = np.asarray(PAD_VALUES[key], dtype=np.float64)
-    if key == "image" and np.dtype(dtype) == np.uint8:
-        value = np.round(value * 255.0)
+    """The padding value of ``key`` for an array of ``dtype``: the image colour (as uint8 ``round(255 c)``
+    for a uint8 image, in [0, 1] otherwise), ignored for a metric-only ground truth, else the task entry's
+    (ignored target pixels)."""
+    if key == "image":
+        value = np.asarray(IMAGE_PAD_COLOUR, dtype=np.float64)
+        if np.dtype(dtype) == np.uint8:
+            value = np.round(value * 255.0)
+    elif key in METRIC_ONLY_KEYS:
+        value = np.asarray(IGNORE_INDEX, dtype=np.float64)
+    else:
+        value = np.asarray(TASKS[key].pad_value, dtype=np.float64)
     return value.astype(dtype)
 
 
 def rescale(raw: RawSample, scale: float) -> RawSample:
-    """Resize by ``scale`` to ``(int(H * scale), int(W * scale))``; depth is divided by ``scale``."""
+    """Resize by ``scale`` to ``(int(H * scale), int(W * scale))``; each task entry adjusts its values
+    (:meth:`tiger.tasks.Task.rescale_target`: depth is divided by ``scale``)."""
     height, width = raw["image"].shape[:2]
     new_hw = (max(1, int(height * scale)), max(1, int(width * scale)))
     out = dict(raw)
     for key in _arrays(raw):
         mode = cv2.INTER_LINEAR if key == "image" else cv2.INTER_NEAREST
         resized = cv2.resize(raw[key], new_hw[::-1], interpolation=mode)
-        out[key] = resized / np.float32(scale) if key == "depth" else resized
+        out[key] = resized if key == "image" else TASKS[key].rescale_target(resized, scale)
     return out
 
 
@@ -134,12 +132,12 @@ def random_crop(
 
 
 def horizontal_flip(raw: RawSample) -> RawSample:
-    """Mirror every array left-right; the x component of the normals changes sign."""
+    """Mirror every array left-right; each task entry adjusts its values
+    (:meth:`tiger.tasks.Task.flip_target`: the x component of the normals changes sign)."""
     out = dict(raw)
     for key in _arrays(raw):
-        out[key] = np.ascontiguousarray(raw[key][:, ::-1])
-    if "normals" in out:
-        out["normals"][..., 0] *= -1.0
+        mirrored = np.ascontiguousarray(raw[key][:, ::-1])
+        out[key] = mirrored if key == "image" else TASKS[key].flip_target(mirrored)
     return out
 
 
@@ -195,7 +193,7 @@ def image_to_unit(raw: RawSample) -> RawSample:
 
 
 def center_pad(raw: RawSample, size: tuple[int, int]) -> tuple[RawSample, list[int]]:
-    """Centre-pad every array to at least ``size`` with :data:`PAD_VALUES` (see :func:`pad_value`).
+    """Centre-pad every array to at least ``size`` with :func:`pad_value`.
 
     Returns the padded sample and the valid box [top, left, height, width] of the unpadded content.
     """
@@ -230,22 +228,15 @@ def to_sample(
     sample: dict[str, Any] = {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32))
     }
-    for key in ("semseg", "human_parts", "sal"):
-        if key in raw:
-            label = raw[key].astype(np.int64)
-            if key == "human_parts" and ignore_empty_parts and ((label == 0) | (label == IGNORE_INDEX)).all():
-                label[:] = IGNORE_INDEX
-            sample[key] = torch.from_numpy(label)
-    if "edge" in raw:
-        sample["edge"] = torch.from_numpy(np.ascontiguousarray(raw["edge"], dtype=np.float32))
-    if "edge_seism" in raw:
-        sample["edge_seism"] = torch.from_numpy(np.ascontiguousarray(raw["edge_seism"], dtype=np.uint8))
-    if "depth" in raw:
-        sample["depth"] = torch.from_numpy(np.ascontiguousarray(raw["depth"], dtype=np.float32))[None]
-    if "normals" in raw:
-        sample["normals"] = torch.from_numpy(
-            np.ascontiguousarray(raw["normals"].transpose(2, 0, 1), np.float32)
-        )
+    for key in _arrays(raw)[1:]:
+        if key in METRIC_ONLY_KEYS:
+            sample[key] = torch.from_numpy(np.ascontiguousarray(raw[key], dtype=np.uint8))
+            continue
+        task = TASKS[key]
+        target = task.target_tensor(raw[key])
+        if ignore_empty_parts and task.ignore_whole_target(raw[key]):
+            target = torch.full_like(target, task.pad_value)
+        sample[key] = target
     box = list(valid_box) if valid_box is not None else [0, 0, height, width]
     sample["meta"] = {"id": str(raw["id"]), "valid_box": torch.tensor(box, dtype=torch.int64)}
     return sample

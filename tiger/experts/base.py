@@ -19,6 +19,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CONFIG_HINT = "or give a local copy in the config: experts.<role>.weights=/path"
+TIMM_PREFIX = "timm:"  # expert names "timm:<model_name>" (tiger.experts.timm_expert)
+
 POS_EMBED_ANTIALIAS = True
 """Default ``pos_embed_antialias`` of the experts that resize a position table themselves (CLIP, SAM):
 antialiased bicubic, as open_clip's ``resize_pos_embed`` and timm's ``resample_abs_pos_embed`` (timm's

@@ -9,9 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tiger.experts.base import Expert
-
-TIMM_PREFIX = "timm:"
+from tiger.experts.base import TIMM_PREFIX, Expert
 
 # name -> (module, spec constant, builder function); builders take (spec, weights, **options)
 EXPERTS: dict[str, tuple[str, str, str]] = {

@@ -96,27 +96,6 @@ def encoder_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return dict(state)
 
 
-def check_state_fits(module: nn.Module, state: Mapping[str, Tensor], expert: str, source: str) -> None:
-    """ExpertWeightsError listing missing, unexpected and mis-shaped keys of a state dict for ``module``."""
-    expected = module.state_dict()
-    problems = []
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    shapes = [
-        f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if keys:
-            problems.append(f"{len(keys)} {label}, e.g. {keys[:3]}")
-    if problems:
-        raise ExpertWeightsError(
-            f"weights for expert {expert!r} from {source!r} do not fit its image encoder: "
-            + "; ".join(problems)
-        )
-
-
 class SamExpert(Expert):
     """SAM image-encoder tokens: the 256-channel neck output by default, or the pre-neck ViT features.
 
@@ -230,8 +209,12 @@ def build_sam_expert(
     with seeded(seed):
         encoder = build_sam_image_encoder(spec)
     if state is not None:
-        check_state_fits(encoder, state, spec.name, str(source))
-        encoder.load_state_dict(state, strict=True)
+        try:
+            encoder.load_state_dict(state, strict=True)  # names missing, unexpected and mis-shaped keys
+        except RuntimeError as error:
+            raise ExpertWeightsError(
+                f"weights for expert {spec.name!r} from {str(source)!r} do not fit its image encoder: {error}"
+            ) from None
     identity = {
         "name": spec.name,
         "weights": stored,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from tiger.experts.base import (
     CONFIG_HINT,
+    TIMM_PREFIX,
     Expert,
     ExpertWeightsError,
     existing_path,
@@ -19,7 +20,6 @@ from tiger.experts.base import (
     seeded,
     short_reason,
 )
-from tiger.experts.registry import TIMM_PREFIX as PREFIX
 
 CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -89,7 +89,7 @@ def build_timm_expert(
         norm: apply the model's final norm to the last block's tokens.
         model_kwargs: further ``timm.create_model`` arguments (e.g. ``{"depth": 2}`` for a small test model).
     """
-    name = PREFIX + model_name
+    name = TIMM_PREFIX + model_name
     if not timm.is_model(model_name):
         raise ValueError(
             f"unknown timm model {model_name!r} in expert name {name!r} (see timm.list_models())"

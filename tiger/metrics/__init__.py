@@ -7,13 +7,14 @@ from torchmetrics import Metric
 from tiger.metrics.boundary import BOUNDARY_MAX_DIST, BoundaryF, evaluate_boundaries
 from tiger.metrics.dense import DepthRMSE, MeanIoU, NormalsError, SaliencyMaxF
 from tiger.metrics.summary import MAIN_METRIC, format_table, main_values, multi_task_delta
-from tiger.tasks import NUM_HUMAN_PARTS, Task
+from tiger.tasks import Task
 
 
 def build_metric(
     task: Task, dataset: str, *, saliency_double_sigmoid: bool = False, boundary_workers: int = 1
 ) -> Metric:
-    """The protocol metric of ``task`` on ``dataset`` (nyud, pascal or synthetic).
+    """The protocol metric of ``task`` on ``dataset`` (nyud, pascal or synthetic): the task entry's
+    :meth:`tiger.tasks.Task.metric`.
 
     semseg / human_parts: :class:`MeanIoU` (``task.channels`` classes); sal: :class:`SaliencyMaxF`
     (``saliency_double_sigmoid`` reproduces the InvPT-lineage quirk); edge: :class:`BoundaryF` with the
@@ -22,19 +23,9 @@ def build_metric(
     """
     if dataset not in BOUNDARY_MAX_DIST:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(BOUNDARY_MAX_DIST)}")
-    if task.name == "semseg":
-        return MeanIoU(task.channels)
-    if task.name == "human_parts":
-        return MeanIoU(NUM_HUMAN_PARTS)
-    if task.name == "sal":
-        return SaliencyMaxF(double_sigmoid=saliency_double_sigmoid)
-    if task.name == "edge":
-        return BoundaryF(BOUNDARY_MAX_DIST[dataset], workers=boundary_workers)
-    if task.name == "normals":
-        return NormalsError()
-    if task.name == "depth":
-        return DepthRMSE()
-    raise AssertionError(task.name)
+    return task.metric(
+        dataset, saliency_double_sigmoid=saliency_double_sigmoid, boundary_workers=boundary_workers
+    )
 
 
 __all__ = [

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from tiger.tasks import IGNORE_INDEX, unit_vectors
+from tiger.targets import IGNORE_INDEX, unit_vectors
 
 SALIENCY_THRESHOLDS = torch.arange(1, 20, dtype=torch.float64) / 20  # 0.05, 0.10, ..., 0.95
 NORMAL_ANGLES = (11.25, 22.5, 30.0)
@@ -34,8 +35,9 @@ def _check_pair(
         )
 
 
-class MeanIoU(Metric):
-    """mIoU for semseg and human parts (x100), from a confusion matrix pooled over the data set.
+class MeanIoU(MulticlassConfusionMatrix):
+    """mIoU for semseg and human parts (x100), from torchmetrics' confusion matrix pooled over the data set
+    (a sum state: exact under DDP).
 
     Per class ``tp / (tp + fp + fn)`` over the pixels whose label is not ``ignore_index``, then the mean
     over all ``num_classes`` classes. A class absent from both labels and predictions has a zero
@@ -48,32 +50,26 @@ class MeanIoU(Metric):
     full_state_update = False
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.add_state(
-            "confusion", torch.zeros(num_classes, num_classes, dtype=torch.int64), dist_reduce_fx="sum"
-        )
+        super().__init__(num_classes, ignore_index=ignore_index, validate_args=False)
 
     def update(self, prediction: Tensor, target: Tensor) -> None:
         _check_pair("MeanIoU", prediction, target, sample_dims=2)
         if prediction.is_floating_point() or target.is_floating_point():
             raise ValueError(f"MeanIoU needs integer class maps, got {prediction.dtype} and {target.dtype}")
         valid = target != self.ignore_index
-        truth, guess = target[valid].long(), prediction[valid].long()
-        for label, values in (("target", truth), ("prediction", guess)):
+        for label, values in (("target", target[valid]), ("prediction", prediction[valid])):
             if values.numel() and (values.min() < 0 or values.max() >= self.num_classes):
                 raise ValueError(
                     f"MeanIoU: {label} labels must be in [0, {self.num_classes}) or {self.ignore_index} "
                     "(ignore), "
                     f"got range [{int(values.min())}, {int(values.max())}]"
                 )
-        index = truth * self.num_classes + guess
-        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+        super().update(prediction.long(), target.long())
 
     def compute(self) -> dict[str, Tensor]:
-        confusion = self.confusion.double()  # rows: target, columns: prediction
+        confusion = self.confmat.double()  # rows: target, columns: prediction
         tp = confusion.diag()
         union = confusion.sum(0) + confusion.sum(1) - tp
         iou = tp / union.clamp_min(1e-8)

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-# task -> (metric key, higher is better), in the column order of the papers' tables
-MAIN_METRIC: dict[str, tuple[str, bool]] = {
-    "semseg": ("mIoU", True),
-    "human_parts": ("mIoU", True),
-    "sal": ("maxF", True),
-    "normals": ("mErr", False),
-    "edge": ("odsF", True),
-    "depth": ("rmse", False),
-}
-COLUMN_TITLES = {
-    "semseg": "Semseg mIoU",
-    "human_parts": "Parsing mIoU",
-    "sal": "Saliency maxF",
-    "normals": "Normal mErr",
-    "edge": "Boundary ODS-F",
-    "depth": "Depth RMSE",
-}
+from tiger.tables import text_table
+from tiger.tasks import TASKS
+
+
+class _MainMetrics(Mapping[str, tuple[str, bool]]):
+    """task -> (metric key, higher is better) of every registered task entry, in the papers' column order
+    (a live view of :data:`tiger.tasks.TASKS`)."""
+
+    def __getitem__(self, task: str) -> tuple[str, bool]:
+        entry = TASKS[task]
+        return entry.main_metric, entry.higher_is_better
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TASKS)
+
+    def __len__(self) -> int:
+        return len(TASKS)
+
+
+MAIN_METRIC: Mapping[str, tuple[str, bool]] = _MainMetrics()
 
 
 def main_values(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -74,21 +77,15 @@ def format_table(
     named = {"": rows} if single or not rows else dict(rows)
     present = set(tasks) if tasks is not None else {t for result in named.values() for t in result}
     columns = [task for task in MAIN_METRIC if task in present]
-    header = [""] * (not single) + [COLUMN_TITLES[t] + (" ↑" if MAIN_METRIC[t][1] else " ↓") for t in columns]
-    body = []
-    for name, result in named.items():
-        cells = [_cell(result, t) for t in columns]
-        body.append(([name] if not single else []) + cells)
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *body]
-    ]
-    return "\n".join(lines)
+    header = [TASKS[t].title + (" ↑" if MAIN_METRIC[t][1] else " ↓") for t in columns]
+    body = [[_cell(result, t) for t in columns] for result in named.values()]
+    if single:
+        return text_table(header, body, index=False)
+    return text_table(["", *header], [[name, *cells] for name, cells in zip(named, body, strict=True)])
 
 
 def _cell(result: Mapping[str, Mapping[str, float]], task: str) -> str:
     if task not in result:
         return "-"
-    value = result[task][MAIN_METRIC[task][0]]
-    return f"{value:.4f}" if task == "depth" else f"{value:.2f}"
+    entry = TASKS[task]
+    return f"{result[task][entry.main_metric]:.{entry.decimals}f}"
