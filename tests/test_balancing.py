@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tiger.balancing import FAMO, FixedWeights, GradNorm, UncertaintyWeighting
+from tiger.balancing import FAMO, FixedWeights, GradNorm, UncertaintyWeighting, mean_over_processes
 from tiger.tasks import make_task
 
 # Lightning and Hydra are imported inside the tests that use them: the DDP test's spawned processes
@@ -152,6 +152,8 @@ def test_gradnorm_brings_gradient_norms_of_scale_1_to_100_together():
         }
 
     norms = balancer.gradient_norms(balancer.stack(losses()), features)
+    # dL_1 / df_{b,0,n} = f_{b,0,n} / (B N): g_1 is the mean over b, n of its norm over the channels
+    assert norms[0].item() == pytest.approx(base.norm(dim=-1).mean().item() / (4 * 6), rel=1e-5)
     assert (norms[1] / norms[0]).item() == pytest.approx(100.0, rel=1e-5)
     ratios = []
     for _ in range(300):
@@ -195,6 +197,30 @@ def test_uncertainty_weights_converge_to_the_inverse_loss_scale():
         scale = (targets[name] - targets[name].mean()).pow(2).mean().item()
         assert weights[i].item() == pytest.approx(1 / (2 * scale), rel=0.02)  # w = 1 / (2 sigma^2)
     assert (weights[0] / weights[1]).item() == pytest.approx(900, rel=0.1)
+    assert_weights_are_the_gradient(balancer)
+
+
+def assert_weights_are_the_gradient(balancer):
+    """The logged weights are what the combined loss multiplies each task loss by: d total / d L_j = w_j."""
+    features = torch.randn(2, 2, 3, 4, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    losses = {name: (i + 1) * features[:, i].pow(2).mean() for i, name in enumerate(balancer.task_names)}
+    total = balancer(losses, features)
+    grads = torch.autograd.grad(total, [losses[name] for name in balancer.task_names])
+    assert [g.item() for g in grads] == pytest.approx(balancer.weights().tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", [FixedWeights, FAMO, GradNorm, UncertaintyWeighting])
+def test_logged_weights_are_the_weights_of_the_combined_loss(kind):
+    balancer = kind(
+        [replace(task, weight=w) for task, w in zip(tasks("semseg", "depth"), (2.0, 3.0), strict=True)]
+    )
+    if isinstance(balancer, UncertaintyWeighting):
+        balancer.log_variances.data = torch.tensor([0.5, -1.0])
+    if isinstance(balancer, FAMO):
+        balancer.logits.data = torch.tensor([0.5, -1.0])
+    if isinstance(balancer, GradNorm):
+        balancer.task_weights.data = torch.tensor([1.5, 0.5])
+    assert_weights_are_the_gradient(balancer)
 
 
 # ---------------------------------------------------------------- state: checkpoints, bf16, DDP
@@ -305,6 +331,7 @@ def _ddp_worker(rank: int, init_file: str, results: dict) -> None:
             famo.after_step({"semseg": before[0] * 0.9, "depth": before[1] * (0.8 + 0.1 * rank)})
             gradnorm.update(before, torch.tensor([1.0 + 3 * rank, 2.0]))
         results[rank] = (famo.logits.detach().clone(), famo.weights(), gradnorm.task_weights.detach().clone())
+        results[f"mean{rank}"] = mean_over_processes(torch.tensor([1.0 + rank, 4.0 * rank]))
     finally:
         dist.destroy_process_group()
 
@@ -315,6 +342,7 @@ def test_every_ddp_process_computes_the_same_weights_as_one_process_on_the_mean(
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
     for left, right in zip(results[0], results[1], strict=True):
         assert torch.equal(left, right)
+    assert results["mean0"].tolist() == results["mean1"].tolist() == [1.5, 2.0]
     # one process fed the means over the two processes takes the same steps
     famo, gradnorm = FAMO(tasks("semseg", "depth")), GradNorm(tasks("semseg", "depth"))
     for step in range(3):

@@ -247,7 +247,7 @@ class GradNorm(_OwnOptimizerState, TaskBalancer):
         count = len(self.task_names)
         self.task_weights = nn.Parameter(torch.ones(count), requires_grad=False)  # stepped by its own Adam
         self.register_buffer("initial_losses", torch.zeros(count))  # L_i(0)
-        self.register_buffer("started", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # (not bool: DDP broadcasts it)
         self.optimizer = torch.optim.Adam([self.task_weights], lr=self.lr)
         self._used_weights: Tensor | None = None
 
@@ -272,9 +272,9 @@ class GradNorm(_OwnOptimizerState, TaskBalancer):
     def update(self, losses: Tensor, norms: Tensor) -> None:
         """One GradNorm step of the weights from the task losses L_i(t) and gradient norms g_i, both (T,)."""
         losses, norms = mean_over_processes(losses), mean_over_processes(norms)
-        if not bool(self.started):
+        if int(self.updates) == 0:
             self.initial_losses.copy_(losses)
-            self.started.fill_(True)
+        self.updates += 1
         weights = self.task_weights.detach().float()
         weighted = weights * norms  # G_i
         ratios = losses / self.initial_losses.clamp_min(torch.finfo(torch.float32).tiny)  # L~_i
