@@ -60,9 +60,10 @@ def test_fixed_weights_equal_todays_loss_exactly():
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     output = module.net(batch["image"])
-    terms = module.criterion(module.net, output, module._targets(batch))  # today's total: terms["loss"]
+    counterfactual = module.net.counterfactual(output, module.removal, module.criterion.eps)
+    terms = module.criterion(output, module._targets(batch), counterfactual)  # today's total: terms["loss"]
     assert "cf" in terms and module.net.tasks[3].weight == 50.0
-    assert torch.equal(module.balanced_loss(terms, output.state.fused), terms["loss"])
+    assert torch.equal(module.balanced_loss(terms, output.fused), terms["loss"])
     assert module.balancer.weights_by_task() == {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
 
 
