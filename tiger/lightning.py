@@ -12,12 +12,13 @@ from torch import Tensor, nn
 
 from tiger import checkpoint
 from tiger.analysis import RoutingStatistics, counterfactual_importance
+from tiger.balancing import FixedWeights, TaskBalancer
 from tiger.build import build_tiger, plain_config
 from tiger.losses import TigerLoss, task_loss
 from tiger.metrics import build_metric
 from tiger.model import REMOVALS
 from tiger.options import OptionError, choice, integer, option_prefix, real
-from tiger.tasks import metric_target
+from tiger.tasks import Task, metric_target
 
 
 def warmup_poly_schedule(
@@ -46,6 +47,8 @@ class TigerModule(L.LightningModule):
         routing_analysis: removal modes whose counterfactual importance is compared with the routing at
             every validation (:class:`tiger.analysis.RoutingStatistics`; costs M decoder passes per mode and
             batch); the expert usage is always measured.
+        balancer: a partial :class:`tiger.balancing.TaskBalancer` taking the tasks (``conf/balancer/``);
+            None: :class:`tiger.balancing.FixedWeights`, the lambda_j of eq. 14.
 
     Every option is checked here; an :class:`tiger.options.OptionError` names it (``net.grid``,
     ``loss.tau``, ``optimizer.lr``, ``scheduler.power``). Training stops at the first non-finite loss,
@@ -60,6 +63,7 @@ class TigerModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None,
         dataset: str,
         routing_analysis: Sequence[str] = (),
+        balancer: Callable[[list[Task]], TaskBalancer] | None = None,
     ) -> None:
         super().__init__()
         self.net_config = plain_config(net)
@@ -72,6 +76,8 @@ class TigerModule(L.LightningModule):
             self.net = build_tiger(**self.net_config)
         with option_prefix("loss"):
             self.criterion = TigerLoss(self.net.tasks, **options)
+        self.balancer = (balancer or FixedWeights)(self.net.tasks)
+        self._balanced_at_step = -1
         self.optimizer_factory = optimizer
         self.dataset = dataset
         self.val_metrics = nn.ModuleDict({task.name: build_metric(task, dataset) for task in self.net.tasks})
@@ -104,10 +110,37 @@ class TigerModule(L.LightningModule):
         if self.criterion.uses_counterfactual(len(self.net.experts)):
             counterfactual = self.net.counterfactual(output, self.removal, self.criterion.eps)
         terms = self.criterion(output, self._targets(batch), counterfactual)
+        terms["loss"] = self.balanced_loss(terms, output.fused)
+        self._balanced_at_step = self.global_step
         check_finite(terms, self.global_step, self._trainer and self._trainer.strategy)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, on_step=True)
         self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True)
+        weights = zip(self.balancer.task_names, self.balancer.weights(), strict=True)
+        self.log_dict({f"train/weight/{name}": value for name, value in weights}, on_step=True)
         return terms["loss"]
+
+    def balanced_loss(self, terms: Mapping[str, Tensor], fused: Tensor) -> Tensor:
+        """Eq. 14 with the balancer's task weights: sum_j w_j L_task^(j) + lambda_cf L_cf.
+
+        ``terms`` are the :class:`TigerLoss` terms; ``fused`` the routed task tokens (B, T, N, d) (GradNorm).
+        """
+        total = self.balancer({name: terms[name] for name in self.net.task_names}, fused)
+        if "cf" in terms:
+            total = total + self.criterion.lambda_cf * terms["cf"]  # L_cf keeps its own lambda_cf
+        return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """FAMO: after each optimizer step, the task losses of the same batch at the new parameters."""
+        if not self.balancer.needs_losses_after_step or self.trainer.global_step <= self._balanced_at_step:
+            return  # no balancer that asks for it, or no optimizer step (gradient accumulation)
+        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+            output = self.net(batch["image"])
+            targets = self._targets(batch)
+            losses = {
+                task.name: task_loss(task, output.predictions[task.name], targets[task.name])
+                for task in self.net.tasks
+            }
+        self.balancer.after_step(losses)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         output = self.net(batch["image"])
