@@ -298,3 +298,10 @@ def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path):
     for task, values in module.last_val_results.items():
         for name, value in values.items():
             assert results["metrics"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, name)
+
+
+def test_an_experiment_sets_its_own_task_name_and_seed():
+    # train.yaml's own keys come first in its defaults, so an experiment overrides them (outputs/<task_name>)
+    cfg = compose_config("experiment=study_temperature")
+    assert cfg.task_name == "study_temperature" and cfg.seed == 0
+    assert compose_config().task_name == "train" and compose_config().seed == 42
