@@ -34,6 +34,7 @@ class Toy(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self.log("val/depth/rmse", abs(self.global_step - 4) + 1.0)
+        self.log("val/normals/mErr", 2.0)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -110,6 +111,20 @@ def test_best_checkpoint_holds_the_weights_its_validation_scored(tmp_path):
     )
 
 
+def test_best_checkpoint_by_delta_m_against_single_task_baselines(tmp_path):
+    best = BestCheckpoint(tmp_path, ["depth", "normals"], "delta_m", baselines={"depth": 2.0, "normals": 2.0})
+    fit(tmp_path, best)
+    # Delta_m = mean(-(rmse - 2) / 2, -(2 - 2) / 2) x 100: 25 at step 4 (rmse 1), -25 at steps 2 and 6
+    assert best.monitor == "val/delta_m" and Path(best.best_model_path).name == "best_step_000004.ckpt"
+    assert float(best.best_model_score) == pytest.approx(25.0)
+    with pytest.raises(ValueError, match=r"needs callbacks.best_checkpoint.baselines .*missing: normals"):
+        BestCheckpoint(tmp_path, ["depth", "normals"], "delta_m", baselines={"depth": 2.0})
+    with pytest.raises(ValueError, match=r"baselines.depth must be a number > 0 .*rmse.*got 0"):
+        BestCheckpoint(tmp_path, ["depth"], "delta_m", baselines={"depth": 0})
+    with pytest.raises(ValueError, match=r"baselines only apply to monitor=delta_m"):
+        BestCheckpoint(tmp_path, ["depth"], "auto", baselines={"depth": 1.0})
+
+
 def test_resume_continues_draws_and_best_score_in_a_new_folder(tmp_path):
     class Killed(Exception):
         pass
@@ -144,6 +159,7 @@ def test_monitor_is_derived_from_the_tasks_or_checked():
     assert resolve_monitor(["depth", "normals"], "auto") == ("val/depth/rmse", "min")
     assert resolve_monitor(["depth", "normals"], "val/normals/mErr") == ("val/normals/mErr", "min")
     assert resolve_monitor(["depth"], "val/loss") == ("val/loss", "min")
+    assert resolve_monitor(["depth"], "delta_m") == ("val/delta_m", "max")
     assert resolve_monitor(["depth"], "val/depth/log_rmse", "min") == ("val/depth/log_rmse", "min")
     with pytest.raises(ValueError, match=r"monitor='val/semseg/mIoU'.*configured task \(depth, normals\)"):
         resolve_monitor(["depth", "normals"], "val/semseg/mIoU")

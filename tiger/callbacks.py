@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from tiger.metrics.summary import MAIN_METRIC
+from tiger.metrics.summary import MAIN_METRIC, multi_task_delta
+
+DELTA_M = "val/delta_m"
 
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -91,8 +93,10 @@ def resolve_monitor(tasks: Sequence[str], monitor: str, mode: str | None = None)
     """The logged key and mode ("max" / "min") that pick the best checkpoint.
 
     ``monitor="auto"``: the main metric of the first task (``val/semseg/mIoU`` for NYUD and PASCAL,
-    ``val/depth/rmse`` for ``data.tasks=[depth,normals]``). Otherwise ``val/<task>/<metric>`` of a
-    configured task, or ``val/loss``; ``mode`` defaults to the metric's direction where it is known.
+    ``val/depth/rmse`` for ``data.tasks=[depth,normals]``). ``"delta_m"``: the multi-task performance
+    Delta_m against single-task baselines (:class:`BestCheckpoint` ``baselines``), higher is better.
+    Otherwise ``val/<task>/<metric>`` of a configured task, or ``val/loss``; ``mode`` defaults to the
+    metric's direction where it is known.
     """
     tasks = list(tasks)
     if not tasks:
@@ -102,13 +106,15 @@ def resolve_monitor(tasks: Sequence[str], monitor: str, mode: str | None = None)
             raise ValueError(f"callbacks.best_checkpoint.monitor=auto: no main metric for task {tasks[0]!r}")
         metric, higher = MAIN_METRIC[tasks[0]]
         monitor, known = f"val/{tasks[0]}/{metric}", "max" if higher else "min"
+    elif monitor in ("delta_m", DELTA_M):
+        monitor, known = DELTA_M, "max"
     elif monitor == "val/loss":
         known = "min"
     else:
         parts = str(monitor).split("/")
         if len(parts) != 3 or parts[0] != "val" or parts[1] not in tasks:
             raise ValueError(
-                f"callbacks.best_checkpoint.monitor={monitor!r}: expected 'auto', 'val/loss' or "
+                f"callbacks.best_checkpoint.monitor={monitor!r}: expected 'auto', 'delta_m', 'val/loss' or "
                 f"'val/<task>/<metric>' with a configured task ({', '.join(tasks)})"
             )
         main = MAIN_METRIC.get(parts[1])
@@ -128,6 +134,8 @@ class BestCheckpoint(ModelCheckpoint):
         dirpath: the run's checkpoint folder.
         tasks: the configured tasks (``data.tasks``), for ``monitor="auto"`` and to check ``monitor``.
         monitor, mode: see :func:`resolve_monitor`.
+        baselines: for ``monitor="delta_m"``: {task: the single-task baseline's main metric} for every
+            configured task (:func:`tiger.metrics.multi_task_delta`, in percent).
         filename: Lightning's ``ModelCheckpoint`` file name pattern.
     """
 
@@ -137,9 +145,15 @@ class BestCheckpoint(ModelCheckpoint):
         tasks: Sequence[str],
         monitor: str = "auto",
         mode: str | None = None,
+        baselines: Mapping[str, float] | None = None,
         filename: str = "best_step_{step:06d}",
     ) -> None:
         monitor, mode = resolve_monitor(tasks, monitor, mode)
+        self.baselines = _check_baselines(tasks, baselines) if monitor == DELTA_M else None
+        if baselines and monitor != DELTA_M:
+            raise ValueError(
+                f"callbacks.best_checkpoint.baselines only apply to monitor=delta_m, not {monitor!r}"
+            )
         super().__init__(
             dirpath=dirpath,
             filename=filename,
@@ -153,6 +167,16 @@ class BestCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        """Lightning's candidates (the logged metrics), plus ``val/delta_m`` once every task is validated."""
+        candidates = super()._monitor_candidates(trainer)
+        if self.baselines is not None:
+            keys = {task: f"val/{task}/{MAIN_METRIC[task][0]}" for task in self.baselines}
+            if all(key in candidates for key in keys.values()):
+                values = {task: float(candidates[key]) for task, key in keys.items()}
+                candidates[DELTA_M] = torch.tensor(multi_task_delta(values, self.baselines))
+        return candidates
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the interrupted run's best score and file, though the resumed run has a new folder.
 
@@ -161,6 +185,29 @@ class BestCheckpoint(ModelCheckpoint):
         (Lightning removes only files inside this run's folder).
         """
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+
+def _check_baselines(tasks: Sequence[str], baselines: Mapping[str, float] | None) -> dict[str, float]:
+    key = "callbacks.best_checkpoint.baselines"
+    missing = [task for task in tasks if task not in (baselines or {})]
+    if missing:
+        example = ", ".join(f"{t}: <{MAIN_METRIC[t][0]}>" for t in tasks if t in MAIN_METRIC)
+        raise ValueError(
+            f"callbacks.best_checkpoint.monitor=delta_m needs {key} with the single-task baseline of every "
+            f"configured task, e.g. {{{example}}}; missing: {', '.join(missing)}"
+        )
+    checked = {}
+    for task in tasks:
+        value = baselines[task]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(
+                f"{key}.{task} must be a number > 0 (the baseline's {MAIN_METRIC[task][0]}), got {value!r}"
+            )
+        checked[task] = float(value)
+    unknown = sorted(set(baselines) - set(tasks))
+    if unknown:
+        raise ValueError(f"{key}: tasks {unknown} are not configured (data.tasks: {', '.join(tasks)})")
+    return checked
 
 
 class StepSeeding(Callback):

@@ -95,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"checkpoint": checkpoint, "output_dir": str(output_dir)}
     if best is not None:
         results["monitor"] = best.monitor
+        if best.best_model_score is not None:
+            results["best_score"] = float(best.best_model_score)
     if cfg.get("final_report", True):
         trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
         results["metrics"] = module.last_val_results
@@ -108,12 +110,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train; return the monitored validation metric (for Hydra's sweepers), None without one."""
-    results = train(cfg)
-    parts = results.get("monitor", "").split("/")
-    if len(parts) == 3 and "metrics" in results:
-        return results["metrics"].get(parts[1], {}).get(parts[2])
-    return None
+    """Train; return the best checkpoint's monitored validation metric (for Hydra's sweepers), or None."""
+    return train(cfg).get("best_score")
 
 
 if __name__ == "__main__":
