@@ -209,10 +209,7 @@ def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path)
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     first = tmp_path / "first"
     overrides = [*FAST, "trainer.max_steps=30", "trainer.val_check_interval=1000", "final_report=false"]
-    overrides += [
-        "callbacks.model_checkpoint.every_n_train_steps=3",
-        "callbacks.model_checkpoint.monitor=null",
-    ]
+    overrides += ["callbacks.model_checkpoint.every_n_train_steps=3"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "tiger.train", *overrides, f"hydra.run.dir={first}"]
     process = subprocess.Popen(
@@ -243,6 +240,73 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
 
 def header_index(header: str, name: str) -> int:
     return header.split(",").index(name)
+
+
+RESUME = [  # 3 batches an epoch, validation at steps 3 and 6, last.ckpt every 2 steps; no semseg task
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "data.tasks=[depth,normals]",
+    "data.datamodule.synthetic.num_train=12",
+    "data.datamodule.synthetic.num_val=4",
+    "data.datamodule.batch_size=4",
+    "data.datamodule.eval_batch_size=4",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+]
+
+
+def train_in_process(output_dir: Path, *overrides: str) -> dict:
+    from omegaconf import open_dict
+
+    from tiger.train import train
+
+    cfg = compose_config(*RESUME, f"paths.output_dir={output_dir}", *overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as the task function sees it
+    output_dir.mkdir(parents=True)
+    return train(cfg)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv") as file:
+        return {
+            int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file) if row["train/loss"]
+        }
+
+
+def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    from tiger.callbacks import LastCheckpoint
+
+    full = train_in_process(tmp_path / "full")
+    assert full["monitor"] == "val/depth/rmse" and set(full["metrics"]) == {"depth", "normals"}
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_4(self, trainer, *args) -> None:
+        if trainer.global_step == 4:  # last.ckpt of step 4 is written; step 5 never runs
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LastCheckpoint, "on_train_batch_start", kill_after_step_4, raising=False)
+        with pytest.raises(Killed):
+            train_in_process(tmp_path / "first", "final_report=false")
+    checkpoints = tmp_path / "first" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = train_in_process(tmp_path / "second", f"ckpt_path={tmp_path / 'first'}")
+
+    expected = train_losses(tmp_path / "full")
+    assert len(expected) == 6
+    first, second = train_losses(tmp_path / "first"), train_losses(tmp_path / "second")
+    assert sorted(first) == sorted(expected)[:4] and sorted(second) == sorted(expected)[4:]
+    for step, loss in {**first, **second}.items():
+        assert loss == pytest.approx(expected[step], rel=1e-6, abs=1e-6), step
+    for task, values in full["metrics"].items():
+        for name, value in values.items():
+            assert resumed["metrics"][task][name] == pytest.approx(value, rel=1e-6, abs=1e-6), (task, name)
 
 
 def test_multirun_gives_each_run_its_own_directory(tmp_path):

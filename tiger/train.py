@@ -18,21 +18,14 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from tiger.checkpoint import check_resumable
+from tiger.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
 from tiger.options import OptionError
 from tiger.report import write_report
+from tiger.runs import refuse_existing_run, resolve_checkpoint
 
 
-def resolve_checkpoint(path: str | None) -> str | None:
-    """A checkpoint file, or an earlier run's directory (-> its checkpoints/last.ckpt); None stays None."""
-    if path is None:
-        return None
-    candidate = Path(path)
-    if candidate.is_dir():
-        candidate = candidate / "checkpoints" / "last.ckpt"
-    if not candidate.is_file():
-        raise FileNotFoundError(f"ckpt_path={path!r}: no checkpoint at {candidate}")
-    return str(check_resumable(candidate))  # a clear error before Lightning reads the file
+def _callback(trainer: L.Trainer, kind: type) -> Any:
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
 def user_key(cfg: DictConfig, key: str) -> str:
@@ -65,14 +58,20 @@ def instantiate_option(cfg: DictConfig, key: str) -> Any:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, validate the best checkpoint, write results.json and the routing report; return the results."""
+    """Fit, validate the best checkpoint, write results.json and the routing report; return the results.
+
+    ``results["checkpoint"]`` is the best checkpoint (else ``last.ckpt``), ``results["monitor"]`` the
+    metric that picked it.
+    """
     threads = cfg.get("torch_threads")
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"torch_threads must be a positive integer or null, got {threads!r}")
         torch.set_num_threads(threads)
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # Hydra's RunFolderGuard refused an earlier run's folder before Hydra wrote .hydra/ and the log
+    refuse_existing_run(output_dir, "hydra.run.dir", ignore=(".hydra",))
+    L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
 
     datamodule = instantiate_option(cfg, "data.datamodule")
@@ -80,13 +79,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = instantiate_option(cfg, "model")
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    plugins = [AtomicCheckpointIO()]
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins
+    )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    checkpoint = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    best, last = _callback(trainer, BestCheckpoint), _callback(trainer, LastCheckpoint)
+    checkpoint = (best.best_model_path if best else "") or (last.last_model_path if last else "")
     results: dict[str, Any] = {"checkpoint": checkpoint, "output_dir": str(output_dir)}
+    if best is not None:
+        results["monitor"] = best.monitor
+        if best.best_model_score is not None:
+            results["best_score"] = float(best.best_model_score)
     if cfg.get("final_report", True):
         trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
         results["metrics"] = module.last_val_results
@@ -100,12 +107,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    results = train(cfg)
-    monitor = cfg.callbacks.model_checkpoint.monitor if cfg.get("callbacks") else None
-    if monitor and "metrics" in results:
-        _, task, name = monitor.split("/")
-        return results["metrics"].get(task, {}).get(name)
-    return None
+    """Train; return the best checkpoint's monitored validation metric (for Hydra's sweepers), or None."""
+    return train(cfg).get("best_score")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tiger import options
 from tiger.data.common import DOWNLOAD_HINT, DatasetLayoutError, MultiTaskDataset, RawSample
 from tiger.data.nyud import NYUD_LAYOUT, NYUDv2
 from tiger.data.pascal import PASCAL_LAYOUT, PascalContext
+from tiger.data.sampling import KeyedDraws, ResumableDataLoader, ResumableSampler
 from tiger.data.synthetic import SYNTHETIC_SPLIT_OFFSETS, SyntheticScenes
 from tiger.data.transforms import EvalTransform, TrainTransform
 
@@ -105,7 +106,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         synthetic: for "synthetic": {num_train, num_val, seed, size, cache (keep rendered scenes in memory)}.
         root_env: the environment variable that holds the folder of the datasets.
         train_split, val_split, test_split: split names (the test split of both benchmarks is "val").
-        seed: seeds the training augmentation (None: from torch's seed, see :class:`TrainTransform`).
+        seed: seeds the training order and augmentation (None: ``torch.initial_seed()``, which
+            ``lightning.seed_everything`` sets on every rank). The training loader is resumable
+            (:mod:`tiger.data.sampling`): each draw is a function of (seed, epoch, position) and the
+            position is saved in every checkpoint, so a resumed run continues the interrupted one exactly.
     """
 
     def __init__(
@@ -197,21 +201,30 @@ class MultiTaskDataModule(L.LightningDataModule):
         for split in needed.get(stage or "", ("train", "val", "test")):
             self._build(split)
 
-    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+    def _loader(self, stage: str) -> DataLoader:
         dataset = self._build(stage)
-        batch_size = self.batch_size if stage == "train" else self.eval_batch_size
-        return DataLoader(
+        options = {
+            "batch_size": self.eval_batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if stage != "train":
+            return DataLoader(dataset, shuffle=False, **options)
+        trainer = self.trainer
+        seed = self.seed if self.seed is not None else torch.initial_seed() % 2**63
+        sampler = ResumableSampler(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
         )
+        options["batch_size"] = self.batch_size
+        drop_last = len(sampler) > self.batch_size
+        return ResumableDataLoader(KeyedDraws(dataset), sampler=sampler, drop_last=drop_last, **options)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")

@@ -271,7 +271,9 @@ class TrainTransform:
     Args:
         size: the train size (H, W) (NYUD 448x576, PASCAL 512x512).
         seed: seeds the Generator (None: ``torch.initial_seed()``); inside DataLoader workers it is
-            combined with the worker's seed.
+            combined with the worker's seed. Training through :class:`tiger.data.MultiTaskDataModule`
+            passes ``rng`` instead: one generator per draw (:mod:`tiger.data.sampling`), so a resumed run
+            repeats the uninterrupted run's augmentations.
     """
 
     size: tuple[int, int]
