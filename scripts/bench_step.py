@@ -3,6 +3,8 @@
     python scripts/bench_step.py                                   # tiny, TIGER-B and TIGER-L
     python scripts/bench_step.py --configs tiger_l --grid 8 10 --batch 2
     python scripts/bench_step.py --configs tiger_l --grid 32 40 --image-size 448 576 --batch 1 --steps 1
+    python scripts/bench_step.py --configs tiger_l --grid 32 40 --image-size 448 576 --batch 8 \
+        --precision bf16-mixed --device cuda                       # the GPU figure (peak memory too)
 
 Real-size configurations use the experiment configs (nyud_tiger_b / nyud_tiger_l) with random expert weights
 (``weights=null``), so nothing is downloaded.
@@ -47,17 +49,22 @@ def synthetic_batch(net, batch: int, size: tuple[int, int]) -> dict[str, torch.T
     return {task.name: task.random_target(batch, size) for task in net.tasks}
 
 
-def train_step(net, criterion: TigerLoss, optimizer, images, targets) -> None:
-    """One training step: forward, loss (eq. 14), backward, AdamW."""
-    output = net(images)
-    counterfactual = net.counterfactual(output) if criterion.uses_counterfactual(len(net.experts)) else None
-    loss = criterion(output, targets, counterfactual)["loss"]
+def train_step(net, criterion: TigerLoss, optimizer, images, targets, bf16: bool = False) -> None:
+    """One training step: forward, loss (eq. 14), backward, AdamW; ``bf16``: forward and loss under bf16
+    autocast (Lightning's ``bf16-mixed``)."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        output = net(images)
+        uses = criterion.uses_counterfactual(len(net.experts))
+        counterfactual = net.counterfactual(output) if uses else None
+        loss = criterion(output, targets, counterfactual)["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def time_steps(net, criteria: dict[str, TigerLoss], images, targets, steps: int) -> dict[str, float]:
+def time_steps(
+    net, criteria: dict[str, TigerLoss], images, targets, steps: int, bf16: bool = False
+) -> dict[str, float]:
     """Median seconds of a training step under each criterion.
 
     The criteria alternate step by step, so a change in the machine's load hits all of them alike.
@@ -67,12 +74,24 @@ def time_steps(net, criteria: dict[str, TigerLoss], images, targets, steps: int)
     for step in range(steps + 1):
         for name, criterion in criteria.items():
             start = time.perf_counter()
-            train_step(net, criterion, optimizer, images, targets)
+            train_step(net, criterion, optimizer, images, targets, bf16)
             if images.is_cuda:
                 torch.cuda.synchronize()
             if step > 0:  # the first step warms up
                 times[name].append(time.perf_counter() - start)
     return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def peak_memory(net, criterion: TigerLoss, images, targets, bf16: bool = False) -> int | None:
+    """Peak CUDA memory (bytes) of one training step, or None on the CPU."""
+    if not images.is_cuda:
+        return None
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    train_step(net, criterion, optimizer, images, targets, bf16)
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated())
 
 
 def count_flops(net, criterion: TigerLoss, images, targets) -> int:
@@ -99,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lambda-cf", type=float, default=0.1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--json", type=Path, help="also write the exact figures (FLOP counts, seconds) here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -116,31 +136,55 @@ def main() -> None:
             "plain": TigerLoss(net.tasks, lambda_cf=0.0),
             "cf": TigerLoss(net.tasks, lambda_cf=args.lambda_cf),
         }
-        medians = time_steps(net, criteria, images, targets, args.steps)
+        bf16 = args.precision == "bf16-mixed"
+        medians = time_steps(net, criteria, images, targets, args.steps, bf16)
+        memory = [peak_memory(net, criteria[key], images, targets, bf16) for key in ("plain", "cf")]
         flops = {key: count_flops(net, criterion, images, targets) for key, criterion in criteria.items()}
         times = (medians["plain"], medians["cf"])
         rows.append(
-            (name, len(net.experts), grid, size, trainable, frozen, times, (flops["plain"], flops["cf"]))
+            (
+                name,
+                len(net.experts),
+                grid,
+                size,
+                trainable,
+                frozen,
+                times,
+                (flops["plain"], flops["cf"]),
+                memory,
+            )
         )
         del net
 
     print(
-        f"\ndevice={args.device} batch={args.batch} median of {args.steps} steps each, with and without L_cf "
-        "alternating (after one warm-up step each)"
+        f"\ndevice={args.device} precision={args.precision} batch={args.batch} median of {args.steps} steps "
+        "each, with and without L_cf alternating (after one warm-up step each)"
     )
     print(
         f"{'config':8} {'M':>2} {'grid':>7} {'image':>9} {'trainable':>11} {'frozen':>11} "
-        f"{'step s':>8} {'+cf s':>8} {'cf time':>8} {'GFLOP':>9} {'+cf GFLOP':>10} {'cf FLOPs':>9}"
+        f"{'step s':>8} {'+cf s':>8} {'cf time':>8} {'GFLOP':>9} {'+cf GFLOP':>10} {'cf FLOPs':>9} "
+        "peak GiB (plain, +cf)"
     )
-    for name, m, grid, size, trainable, frozen, (plain, with_cf), (flops, flops_cf) in rows:
+    for name, m, grid, size, trainable, frozen, (plain, with_cf), (flops, flops_cf), memory in rows:
+        peak = " ".join(f"{value / 2**30:6.2f}" if value is not None else "     -" for value in memory)
         print(
             f"{name:8} {m:2d} {grid[0]:>3}x{grid[1]:<3} {size[0]:>4}x{size[1]:<4} "
             f"{trainable / 1e6:10.2f}M {frozen / 1e6:10.2f}M "
             f"{plain:8.3f} {with_cf:8.3f} {100 * (with_cf / plain - 1):7.1f}% "
-            f"{flops / 1e9:9.2f} {flops_cf / 1e9:10.2f} {100 * (flops_cf / flops - 1):8.1f}%"
+            f"{flops / 1e9:9.2f} {flops_cf / 1e9:10.2f} {100 * (flops_cf / flops - 1):8.1f}% {peak}"
         )
     if args.json:
-        fields = ("config", "experts", "grid", "image", "trainable", "frozen", "seconds", "flops")
+        fields = (
+            "config",
+            "experts",
+            "grid",
+            "image",
+            "trainable",
+            "frozen",
+            "seconds",
+            "flops",
+            "peak_bytes",
+        )
         args.json.write_text(json.dumps([dict(zip(fields, row, strict=True)) for row in rows], indent=2))
 
 

@@ -65,13 +65,16 @@ def load_run(run: Path) -> dict[str, Any]:
     results = json.loads((run / "results.json").read_text())
     config_file = run / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    # the composed config before interpolation: options derived from the seed (${seed}) stay equal
+    composed_file = run / ".hydra" / "config.yaml"
+    composed = yaml.safe_load(composed_file.read_text()) if composed_file.is_file() else config
     overrides_file = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     name = " ".join(o for o in (overrides or []) if not o.startswith("seed=")) or "(base)"
     return {
         "path": str(run),
         "name": f"{config.get('task_name', run.parent.name)}: {name}",
-        "key": fingerprint(config) if config else str(run),
+        "key": fingerprint(composed) if composed else str(run),
         "seed": config.get("seed"),
         "results": results,
     }
