@@ -70,10 +70,10 @@ def load_run(run: Path) -> dict[str, Any]:
     composed = yaml.safe_load(composed_file.read_text()) if composed_file.is_file() else config
     overrides_file = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    name = " ".join(o for o in (overrides or []) if not o.startswith("seed=")) or "(base)"
     return {
         "path": str(run),
-        "name": f"{config.get('task_name', run.parent.name)}: {name}",
+        "task_name": config.get("task_name", run.parent.name),
+        "overrides": [o for o in (overrides or []) if not o.startswith("seed=")],
         "key": fingerprint(composed) if composed else str(run),
         "seed": config.get("seed"),
         "results": results,
@@ -160,9 +160,13 @@ def _add_reference(table: dict[str, Any], groups: dict[str, dict[str, Any]]) -> 
                 continue
             if task not in best or (value > best[task][0] if higher else value < best[task][0]):
                 best[task] = (value, entry["experts"][0])
+    margins = {
+        task: _margin([e["metrics"][task] for e in singles.values()], MAIN_METRIC[task][1]) for task in best
+    }
     for name, group in zip(table, groups.values(), strict=True):
         entry = table[name]
         entry["right_expert"] = {task: expert for task, (_, expert) in best.items()}
+        entry["right_margin"] = margins
         if best and all(task in best for task in entry["metrics"]):
             baselines = {task: value for task, (value, _) in best.items()}
             deltas = [
@@ -175,6 +179,18 @@ def _add_reference(table: dict[str, Any], groups: dict[str, dict[str, Any]]) -> 
             for task, expert in entry["right_expert"].items()
             if task in entry["usage"] and expert in entry["usage"][task]
         }
+
+
+def _margin(candidates: list[dict[str, float]], higher: bool) -> float:
+    """How far the best single expert is ahead of the second best, in units of their pooled seed std
+    (inf with one candidate or no spread)."""
+    ranked = sorted(candidates, key=lambda stats: stats["mean"], reverse=higher)
+    if len(ranked) < 2:
+        return float("inf")
+    first, second = ranked[0], ranked[1]
+    spread = math.sqrt((first["std"] ** 2 + second["std"] ** 2) / 2)
+    gap = abs(first["mean"] - second["mean"])
+    return gap / spread if spread > 0 else float("inf")
 
 
 def _pm(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -204,10 +220,15 @@ def report(table: dict[str, Any]) -> str:
     ]
     parts = ["### Metrics (mean ± std over seeds)\n\n" + markdown(header, rows)]
     right = next((e["right_expert"] for e in table.values() if e.get("right_expert")), {})
+    margins = next((e["right_margin"] for e in table.values() if e.get("right_margin")), {})
     if right:
         parts.append(
-            "Right expert per task (best single-expert baseline): "
-            + ", ".join(f"{task} → {expert}" for task, expert in right.items())
+            "Right expert per task (best single-expert baseline; its lead over the second best in pooled "
+            "seed standard deviations): "
+            + ", ".join(
+                f"{task} → {expert} ({margins.get(task, float('nan')):.1f} σ)"
+                for task, expert in right.items()
+            )
         )
     multi = {name: e for name, e in table.items() if len(e["experts"]) > 1}
     if multi:
@@ -237,12 +258,34 @@ def report(table: dict[str, Any]) -> str:
                 "### Routing faithfulness: alpha vs counterfactual importance, mean over tasks "
                 "(± std over tasks of the seed means)\n\n" + markdown(header, rows)
             )
+            header = ["configuration", "removal"] + [f"alpha / p on {x} %" for x in experts]
+            rows = []
+            for name, e in multi.items():
+                for mode in modes:
+                    per_task = e["faithfulness"].get(mode, {})
+                    cells = []
+                    for x in experts:
+                        alpha = mean(e["usage"][t][x]["mean"] for t in per_task)
+                        p = mean(per_task[t]["importance"][x]["mean"] for t in per_task)
+                        cells.append(f"{100 * alpha:.1f} / {100 * p:.1f}")
+                    rows.append([name, mode, *cells])
+            parts.append(
+                "### Routing weight alpha and counterfactual importance p per expert, mean over tasks "
+                "(validation set, mean over seeds)\n\n" + markdown(header, rows)
+            )
     return "\n\n".join(parts)
 
 
 def gather(folders: Sequence[Path]) -> dict[str, Any]:
-    """{configuration: figures} of every finished run below ``folders`` (see the module docstring)."""
-    return summarise(group_runs([load_run(run) for run in find_runs(folders)]))
+    """{configuration: figures} of every finished run below ``folders`` (see the module docstring).
+
+    A configuration is named by its task name and the overrides that not every run shares."""
+    runs = [load_run(run) for run in find_runs(folders)]
+    shared = set.intersection(*(set(run["overrides"]) for run in runs))
+    for run in runs:
+        name = " ".join(o for o in run["overrides"] if o not in shared) or "(base)"
+        run["name"] = f"{run['task_name']}: {name}"
+    return summarise(group_runs(runs))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -135,6 +135,4 @@ def resolve_checkpoint(path: str | os.PathLike | None) -> str | None:
         log.info("resuming from %s", candidate)
     if not candidate.is_file():
         raise FileNotFoundError(f"ckpt_path={path!r}: no checkpoint at {candidate}")
-    from tiger.checkpoint import check_resumable  # the model stack, only when resuming
-
-    return str(check_resumable(candidate))  # a clear error before Lightning reads the file
+    return str(candidate)

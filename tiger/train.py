@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from tiger.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
+from tiger.checkpoint import check_resumable
 from tiger.options import OptionError
 from tiger.report import write_report
 from tiger.runs import refuse_existing_run, resolve_checkpoint
@@ -73,6 +74,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     refuse_existing_run(output_dir, "hydra.run.dir", ignore=(".hydra",))
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
+    if ckpt_path is not None:
+        check_resumable(ckpt_path)  # a clear error before Lightning reads the file
 
     datamodule = instantiate_option(cfg, "data.datamodule")
     datamodule.setup("fit")  # fail at once on missing data, before building the experts
