@@ -13,7 +13,7 @@ from tiger import checkpoint
 from tiger.checkpoint import CheckpointError, read_checkpoint
 from tiger.inference import load_model
 from tiger.lightning import TigerModule
-from tiger.train import resolve_checkpoint
+from tiger.train import resume_checkpoint
 
 EXPERTS = {"clip": {"name": "clip_tiny"}, "sam": {"name": "sam_tiny"}}
 NET = dict(
@@ -170,7 +170,7 @@ def test_a_blocked_global_gives_the_reason_never_the_advice_to_load_unsafely(tmp
     assert f"{path} holds a pickled Python object of class {__name__}.Pickled" in message
     assert "weights_only=False" not in message and "will likely succeed" not in message
     with pytest.raises(CheckpointError, match="holds a pickled Python object"):
-        resolve_checkpoint(str(path))
+        resume_checkpoint(str(path))
 
 
 def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(tmp_path):
@@ -179,8 +179,8 @@ def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(t
     with pytest.raises(
         CheckpointError, match=r"not a TIGER checkpoint: .*foreign.ckpt has no 'tiger' section"
     ):
-        resolve_checkpoint(str(foreign))
+        resume_checkpoint(str(foreign))
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is no checkpoint" * 10)
     with pytest.raises(CheckpointError, match=r"not a TIGER checkpoint: .*garbage.ckpt cannot be read"):
-        resolve_checkpoint(str(garbage))
+        resume_checkpoint(str(garbage))

@@ -58,6 +58,15 @@ def instantiate_option(cfg: DictConfig, key: str) -> Any:
         raise
 
 
+def resume_checkpoint(path: str | None) -> str | None:
+    """The checkpoint ``ckpt_path=`` names (a file, or the newest complete one of a run folder, see
+    :func:`tiger.runs.resolve_checkpoint`), checked to be a TIGER checkpoint before Lightning reads it."""
+    resolved = resolve_checkpoint(path)
+    if resolved is not None:
+        check_resumable(resolved)
+    return resolved
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate the best checkpoint, write results.json and the routing report; return the results.
 
@@ -73,9 +82,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Hydra's RunFolderGuard refused an earlier run's folder before Hydra wrote .hydra/ and the log
     refuse_existing_run(output_dir, "hydra.run.dir", ignore=(".hydra",))
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
-    if ckpt_path is not None:
-        check_resumable(ckpt_path)  # a clear error before Lightning reads the file
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"))
 
     datamodule = instantiate_option(cfg, "data.datamodule")
     datamodule.setup("fit")  # fail at once on missing data, before building the experts
