@@ -7,33 +7,26 @@ from typing import Any
 
 import torch
 
-from tiger.analysis import expert_usage, format_usage_table
+from tiger.analysis import format_usage_table
 from tiger.metrics import format_table
 from tiger.viz import plot_routing, save_figure
 
 
 @torch.no_grad()
-def write_report(module: Any, datamodule: Any, output_dir: Path, max_batches: int = 4) -> dict[str, Any]:
-    """Print and save the report of a trained :class:`tiger.lightning.TigerModule`.
+def write_report(module: Any, datamodule: Any, output_dir: Path) -> dict[str, Any]:
+    """Print and save the report of a trained :class:`tiger.lightning.TigerModule` after its validation.
 
-    Returns ``{"routing_figure": path, "expert_usage": {task: {expert: weight}}, "routing": the last
-    validation's :class:`tiger.analysis.RoutingStatistics` (usage and faithfulness over the whole validation
-    set), "routing_history": [{"step", "usage"}] of training batches every log_every_n_steps}``.
+    Returns ``{"routing_figure": path, "expert_usage": {task: {expert: weight}} over the whole validation set,
+    "routing": the last validation's :class:`tiger.analysis.RoutingStatistics` (usage and faithfulness),
+    "routing_history": [{"step", "usage"}] of training batches every log_every_n_steps}``.
     """
     net = module.net.eval()
     device = next(p for p in net.parameters() if p.requires_grad).device
-    alphas, first = [], None
-    for index, batch in enumerate(datamodule.val_dataloader()):
-        if index >= max_batches:
-            break
-        images = batch["image"].to(device)
-        output = net(images)
-        alphas.append(output.alpha.float().cpu())
-        if first is None:
-            first = (images[0].cpu(), output.alpha[0].float().cpu())
-    usage = expert_usage(alphas, net.task_names, net.expert_names)
+    images = next(iter(datamodule.val_dataloader()))["image"][:1].to(device)
+    alpha = net(images).alpha[0].float().cpu()
+    usage = module.last_routing["usage"]  # measured by the validation itself, over every image
     figure_path = save_figure(
-        plot_routing(first[0], first[1], net.grid, net.task_names, net.expert_names),
+        plot_routing(images[0].cpu(), alpha, net.grid, net.task_names, net.expert_names),
         output_dir / "routing.png",
     )
     print("\nValidation (" + module.dataset + "):\n" + format_table(module.last_val_results, net.task_names))
