@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tiger.data import NYUDv2, TrainTransform, generate_scene, write_nyud_tree
+from tiger.data import NYUDv2, TrainTransform
+from tiger.data.synthetic import generate_scene, write_nyud_tree
 
 
 def scenes_per_second(size: tuple[int, int], seconds: float) -> float:

@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from tiger.build import build_tiger, plain_config
-from tiger.losses import TigerLoss
+from tiger.model import TigerConfig
+from tiger.model.build import build_tiger
+from tiger.training.balancing import FixedWeights
+from tiger.training.losses import LossConfig, TigerLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OVERRIDES = {
@@ -33,15 +36,30 @@ OVERRIDES = {
 }
 
 
-def net_config(name: str, grid: list[int]) -> dict:
+def net_config(name: str, grid: list[int]) -> TigerConfig:
+    """The experiment's model config on ``grid``; real-size experts at random weights (nothing downloaded)."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=OVERRIDES[name])
-    net = plain_config(cfg.model.net) if name == "tiny" else None
-    if net is None:
-        net = plain_config({k: v for k, v in cfg.model.net.items() if k != "experts"})
-        net["experts"] = {role: {**spec, "weights": None} for role, spec in plain_config(cfg.experts).items()}
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    net.pop("_target_")
+    if name != "tiny":
+        net["experts"] = {role: {**spec, "weights": None} for role, spec in net["experts"].items()}
     net["grid"] = grid
-    return net
+    return TigerConfig(**net)
+
+
+class Objective:
+    """Eq. 14 as training forms it: the terms of :class:`TigerLoss`, totalled by the balancer."""
+
+    def __init__(self, net, lambda_cf: float) -> None:
+        self.criterion = TigerLoss(net.tasks, LossConfig(lambda_cf=lambda_cf))
+        self.balancer = FixedWeights(net.tasks, lambda_cf=lambda_cf)
+
+    def uses_counterfactual(self, num_experts: int) -> bool:
+        return self.criterion.uses_counterfactual(num_experts)
+
+    def __call__(self, output, targets, counterfactual):
+        return self.balancer(self.criterion(output, targets, counterfactual))
 
 
 def synthetic_batch(net, batch: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -49,21 +67,21 @@ def synthetic_batch(net, batch: int, size: tuple[int, int]) -> dict[str, torch.T
     return {task.name: task.random_target(batch, size) for task in net.tasks}
 
 
-def train_step(net, criterion: TigerLoss, optimizer, images, targets, bf16: bool = False) -> None:
+def train_step(net, criterion: Objective, optimizer, images, targets, bf16: bool = False) -> None:
     """One training step: forward, loss (eq. 14), backward, AdamW; ``bf16``: forward and loss under bf16
     autocast (Lightning's ``bf16-mixed``)."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         output = net(images)
         uses = criterion.uses_counterfactual(len(net.experts))
         counterfactual = net.counterfactual(output) if uses else None
-        loss = criterion(output, targets, counterfactual)["loss"]
+        loss = criterion(output, targets, counterfactual)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
 def time_steps(
-    net, criteria: dict[str, TigerLoss], images, targets, steps: int, bf16: bool = False
+    net, criteria: dict[str, Objective], images, targets, steps: int, bf16: bool = False
 ) -> dict[str, float]:
     """Median seconds of a training step under each criterion.
 
@@ -82,7 +100,7 @@ def time_steps(
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def peak_memory(net, criterion: TigerLoss, images, targets, bf16: bool = False) -> int | None:
+def peak_memory(net, criterion: Objective, images, targets, bf16: bool = False) -> int | None:
     """Peak CUDA memory (bytes) of one training step, or None on the CPU."""
     if not images.is_cuda:
         return None
@@ -94,7 +112,7 @@ def peak_memory(net, criterion: TigerLoss, images, targets, bf16: bool = False) 
     return int(torch.cuda.max_memory_allocated())
 
 
-def count_flops(net, criterion: TigerLoss, images, targets) -> int:
+def count_flops(net, criterion: Objective, images, targets) -> int:
     """FLOPs of one training step (matrix products, convolutions, attention; forward and backward), as
     counted by ``torch.utils.flop_counter``: a figure that does not depend on the machine's load."""
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
@@ -126,15 +144,15 @@ def main() -> None:
     rows = []
     for name in args.configs:
         grid = [4, 5] if name == "tiny" else args.grid
-        net = build_tiger(**net_config(name, grid)).to(args.device)
+        net = build_tiger(net_config(name, grid)).to(args.device)
         size = tuple(args.image_size) if args.image_size else (grid[0] * 16, grid[1] * 16)
         images = torch.rand(args.batch, 3, *size, device=args.device)
         targets = {k: v.to(args.device) for k, v in synthetic_batch(net, args.batch, size).items()}
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in net.experts.parameters())
         criteria = {
-            "plain": TigerLoss(net.tasks, lambda_cf=0.0),
-            "cf": TigerLoss(net.tasks, lambda_cf=args.lambda_cf),
+            "plain": Objective(net, lambda_cf=0.0),
+            "cf": Objective(net, lambda_cf=args.lambda_cf),
         }
         bf16 = args.precision == "bf16-mixed"
         medians = time_steps(net, criteria, images, targets, args.steps, bf16)

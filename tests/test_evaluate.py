@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiger.data import NYUDv2, write_nyud_tree
+from tiger.data import NYUDv2
+from tiger.data.synthetic import write_nyud_tree
 from tiger.evaluate import evaluate_folder, main
 from tiger.metrics.boundary_ops import thin
 

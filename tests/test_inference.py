@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tiger.analysis import counterfactual_importance, expert_usage, routing_agreement
-from tiger.checkpoint import read_checkpoint
+from tiger.analysis.routing import counterfactual_importance, expert_usage, routing_agreement
+from tiger.model.checkpoint import read_checkpoint
 from tiger.experts import ExpertWeightsError
 from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
 from tiger.tasks import NUM_HUMAN_PARTS

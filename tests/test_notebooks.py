@@ -13,7 +13,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from PIL import Image
 
-from tiger.results import gather
+from tiger.analysis.results import gather
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {

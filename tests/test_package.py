@@ -30,7 +30,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets |= {alias.name for alias in node.names if alias.name.startswith("tiger")}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tiger"):
-                for alias in node.names:  # `from tiger import colors` names the module tiger.colors
+                for alias in node.names:  # `from tiger.tasks import colors` names the module tiger.tasks.colors
                     full = f"{node.module}.{alias.name}"
                     targets.add(full if full in modules else node.module)
         graph[name] = targets - {name}
@@ -43,30 +43,30 @@ def test_the_import_graph_has_no_cycle():
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as error:
         raise AssertionError(f"import cycle: {' -> '.join(error.args[1])}") from None
-    assert order.index("tiger.tasks") < order.index("tiger.losses") < order.index("tiger.lightning")
+    assert order.index("tiger.tasks") < order.index("tiger.training.losses") < order.index("tiger.training.module")
 
 
 def test_lower_layers_never_import_higher_ones():
     graph = import_graph()
     assert graph["tiger.tasks"] <= {
-        "tiger.colors",
-        "tiger.targets",
+        "tiger.tasks.colors",
+        "tiger.tasks.targets",
         "tiger.metrics.dense",
         "tiger.metrics.boundary",
     }
-    assert "tiger.losses" not in graph["tiger.viz"] and "tiger.inference" not in graph["tiger.viz"]
+    assert "tiger.training.losses" not in graph["tiger.analysis.figures"] and "tiger.inference" not in graph["tiger.analysis.figures"]
     assert "tiger.experts.registry" not in graph["tiger.experts.timm_expert"]
     for name, targets in graph.items():  # the model, its parts and the metrics never reach the entry points
         if (
-            name.startswith(("tiger.nn", "tiger.metrics", "tiger.experts", "tiger.data"))
+            name.startswith(("tiger.model.nn", "tiger.metrics", "tiger.experts", "tiger.data"))
             or name == "tiger.model"
         ):
             assert not targets & {
                 "tiger.inference",
                 "tiger.predict",
                 "tiger.train",
-                "tiger.viz",
-                "tiger.lightning",
+                "tiger.analysis.figures",
+                "tiger.training.module",
             }
 
 

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from tiger.build import plain_config
+from tiger.model.build import plain_config
 from tiger.options import OptionError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_end_to_end_training_writes_results_checkpoint_and_figure(trained_run):
 
 
 def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path):
-    from tiger.checkpoint import check_fits as check_compatible
+    from tiger.model.checkpoint import check_fits as check_compatible
 
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     identity = dict(checkpoint["tiger"])
@@ -278,7 +278,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    from tiger.callbacks import LastCheckpoint
+    from tiger.training.callbacks import LastCheckpoint
 
     full = train_in_process(tmp_path / "full")
     assert full["monitor"] == "val/depth/rmse" and set(full["metrics"]) == {"depth", "normals"}
@@ -351,7 +351,7 @@ def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path):
     import lightning as L
 
     from tiger.data import MultiTaskDataModule
-    from tiger.lightning import TigerModule
+    from tiger.training.module import TigerModule
 
     config = compose_config(*single_images)
     datamodule = instantiate(config.data.datamodule, _convert_="all")

@@ -21,6 +21,7 @@ always uses the training grid.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,12 +35,14 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from tiger.analysis import RoutingReport, counterfactual_importance, expert_usage, routing_agreement
-from tiger.checkpoint import build_model, read_checkpoint
+from tiger.analysis.routing import RoutingReport, RoutingStatistics, counterfactual_importance, shapley_credit
 from tiger.data.common import image_to_rgb
 from tiger.model import TIGER, TigerOutput
-from tiger.nn import QueryEncoder
+from tiger.model.build import tiger_from_checkpoint
+from tiger.model.checkpoint import SECTION, CheckpointError, read_checkpoint
+from tiger.model.nn import QueryEncoder
 from tiger.tasks import Task
+from tiger.training.losses import LossConfig
 
 ASPECT_TOLERANCE = 1.25  # largest stretch (either way) of an image's aspect ratio onto the training grid
 BATCH_PIXELS = 2**21  # pixels per forward pass (8 images of 512 x 512): the heads' logits are at full size
@@ -154,13 +157,23 @@ def load_model(
     path = Path(checkpoint)
     saved = read_checkpoint(path)
     return Predictor(
-        build_model(saved, path, expert_weights),
+        tiger_from_checkpoint(saved, path, expert_weights),
         dataset=str(saved["tiger"].get("dataset", "")),
-        loss_options=dict(saved["tiger"].get("loss") or {}),
+        loss_config=stored_loss_config(saved, path),
         device=device,
         keep_aspect=keep_aspect,
         batch_size=batch_size,
     )
+
+
+def stored_loss_config(saved: Mapping[str, Any], source: str | Path) -> LossConfig:
+    """The objective's options a checkpoint was trained with (defaults for the ones it predates)."""
+    stored = dict(saved[SECTION].get("loss") or {})
+    known = {field.name for field in dataclasses.fields(LossConfig)}
+    try:
+        return LossConfig(**{key: value for key, value in stored.items() if key in known})
+    except ValueError as error:
+        raise CheckpointError(f"{source}: its stored loss options are not valid: {error}") from error
 
 
 class Predictor:
@@ -169,7 +182,7 @@ class Predictor:
     Args:
         model: the TIGER model.
         dataset: the dataset it was trained on (informative).
-        loss_options: ``tau`` / ``removal`` / ``eps`` of the counterfactual objective for
+        loss_config: the counterfactual objective the model was trained with (target, tau, removal) for
             :meth:`routing_report` (TigerLoss defaults where absent).
         device: where to run.
         keep_aspect: see the module docstring.
@@ -186,7 +199,7 @@ class Predictor:
         model: TIGER,
         *,
         dataset: str = "",
-        loss_options: Mapping[str, Any] | None = None,
+        loss_config: LossConfig | None = None,
         device: str | torch.device = "cpu",
         keep_aspect: bool = True,
         batch_size: int = 8,
@@ -200,7 +213,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.dataset = dataset
-        self.loss_options = dict(loss_options or {})
+        self.loss_config = loss_config or LossConfig()
         self.keep_aspect = keep_aspect
         self.batch_size = batch_size
         self.patch = max([QueryEncoder.stride, *(expert.patch_size for expert in model.experts)])
@@ -290,42 +303,50 @@ class Predictor:
         return [result for result in results if result is not None]
 
     def routing_report(
-        self, images: Tensor | Sequence[ImageLike], targets: Mapping[str, Tensor] | None = None
+        self,
+        images: Tensor | Sequence[ImageLike],
+        targets: Mapping[str, Tensor] | None = None,
+        *,
+        shapley: bool = True,
     ) -> RoutingReport:
-        """Expert usage over ``images`` and, given targets, how well routing follows causal importance.
+        """Expert usage over ``images`` and, given targets, how well routing follows each expert's effect.
 
         Args:
             images: as for :meth:`predict`; with ``targets`` a batch (B, 3, H, W) float in [0, 1].
             targets: {task: target batch} in the format of :mod:`tiger.tasks` at (H, W), for any of the
-                model's tasks. The counterfactual loss increases Delta (eq. 8, the trained ``removal``) give
-                the causal importance p (eq. 9-10); :func:`tiger.analysis.routing_agreement` compares it
-                with alpha over the tokens with valid target pixels.
+                model's tasks. Routing is compared with the model's counterfactual training target (eq. 8-10
+                or the trained ``model.loss.target``, with the trained removal) and, with ``shapley``, with
+                exact Shapley credit (:func:`tiger.analysis.routing.shapley_credit`: 2^M decoder passes a
+                batch), over the tokens with valid target pixels.
+            shapley: measure the Shapley credit too (only with targets and more than one expert).
         """
         if targets is None:
-            predictions = self.predict(images, routing=True, tasks=[])
-            alphas = [prediction.routing.alpha[None] for prediction in predictions]
-            return RoutingReport(expert_usage(alphas, self.task_names, self.expert_names))
+            statistics = RoutingStatistics(self.task_names, self.expert_names)
+            for prediction in self.predict(images, routing=True, tasks=[]):
+                statistics.update(torch.from_numpy(prediction.routing.alpha[None]))
+            return RoutingReport(statistics.compute()["usage"])
         if not isinstance(images, Tensor) or images.ndim != 4:
             raise ValueError("routing_report with targets needs the images as one batch tensor (B, 3, H, W)")
         batch = as_image_tensors(images)
-        options = {
-            key: self.loss_options[key] for key in ("removal", "tau", "eps") if key in self.loss_options
-        }
-        usage_alphas, agreement_alpha, importance, valid, names = [], [], [], [], []
+        config = self.loss_config
+        routed = len(self.expert_names) > 1
+        statistics = RoutingStatistics(
+            self.task_names, self.expert_names, [config.removal], shapley=shapley and routed
+        ).to(self.device)
         for indices in self._batches(batch):
             output = self.forward(torch.stack([batch[i] for i in indices]))
             chunk = {name: target[indices].to(self.device) for name, target in targets.items()}
-            tasks, p, token_valid = counterfactual_importance(self.model, output, chunk, **options)
-            names = [task.name for task in tasks]
-            rows = [self.task_names.index(name) for name in names]
-            usage_alphas.append(output.alpha.float().cpu())
-            agreement_alpha.append(output.alpha[:, rows].float().cpu())
-            importance.append(p.float().cpu())
-            valid.append(token_valid.cpu())
-        agreement = routing_agreement(
-            torch.cat(agreement_alpha), torch.cat(importance), torch.cat(valid), names
+            importance = {config.removal: counterfactual_importance(self.model, output, chunk, config)}
+            credit = (
+                shapley_credit(self.model, output, chunk, config.removal, eps=config.eps)
+                if statistics.shapley
+                else None
+            )
+            statistics.update(output.alpha, importance, credit)
+        summary = statistics.compute()
+        return RoutingReport(
+            summary["usage"], summary["target_agreement"][config.removal], summary.get("shapley")
         )
-        return RoutingReport(expert_usage(usage_alphas, self.task_names, self.expert_names), agreement)
 
     def _check_tasks(self, tasks: Sequence[str] | None) -> set[str]:
         if tasks is None:

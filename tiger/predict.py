@@ -33,10 +33,10 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from tiger.analysis.figures import plot_routing, save_figure
 from tiger.data.common import image_to_rgb
 from tiger.inference import Prediction, Predictor, load_model
 from tiger.tasks import Task
-from tiger.viz import plot_routing, save_figure
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 USAGE_ERROR = 2

@@ -18,11 +18,12 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from tiger.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
-from tiger.checkpoint import check_resumable
+from tiger.analysis.callbacks import RoutingMonitor
+from tiger.analysis.report import split_metrics, write_report
+from tiger.model.checkpoint import check_resumable
 from tiger.options import OptionError
-from tiger.report import write_report
-from tiger.runs import refuse_existing_run, resolve_checkpoint
+from tiger.training.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
+from tiger.training.runs import refuse_existing_run, resolve_checkpoint
 
 
 def _callback(trainer: L.Trainer, kind: type) -> Any:
@@ -46,6 +47,10 @@ def user_key(cfg: DictConfig, key: str) -> str:
 def instantiate_option(cfg: DictConfig, key: str) -> Any:
     """``hydra.utils.instantiate`` of ``cfg.<key>``; an option out of range names the key the user sets.
 
+    The one place that names a config key: objects raise :class:`tiger.options.OptionError` with keys
+    relative to themselves, Hydra says which node they were built from, and :func:`user_key` follows
+    interpolations to where the user sets the value.
+
     Raises:
         OptionError: e.g. ``data.grid must be 2 integers (H, W) >= 1, got [4.5, 5]: 4.5 is not``.
     """
@@ -54,13 +59,17 @@ def instantiate_option(cfg: DictConfig, key: str) -> Any:
     except InstantiationException as error:
         if isinstance(error.__cause__, OptionError):
             cause = error.__cause__
-            raise OptionError(user_key(cfg, f"{key}.{cause.key}"), cause.problem) from None
+            # the node whose target raised (Hydra names it on the message's last line), e.g. model.net
+            node = re.search(r"^full_key: (\S+)$", str(error), flags=re.MULTILINE)
+            raise OptionError(
+                user_key(cfg, f"{node.group(1) if node else key}.{cause.key}"), cause.problem
+            ) from None
         raise
 
 
 def resume_checkpoint(path: str | None) -> str | None:
     """The checkpoint ``ckpt_path=`` names (a file, or the newest complete one of a run folder, see
-    :func:`tiger.runs.resolve_checkpoint`), checked to be a TIGER checkpoint before Lightning reads it."""
+    :func:`tiger.training.runs.resolve_checkpoint`), checked to be a TIGER checkpoint before Lightning reads it."""
     resolved = resolve_checkpoint(path)
     if resolved is not None:
         check_resumable(resolved)
@@ -73,11 +82,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``results["checkpoint"]`` is the best checkpoint (else ``last.ckpt``), ``results["monitor"]`` the
     metric that picked it.
     """
-    threads = cfg.get("torch_threads")
-    if threads is not None:
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"torch_threads must be a positive integer or null, got {threads!r}")
-        torch.set_num_threads(threads)
+    set_threads(cfg.get("torch_threads"))
     output_dir = Path(cfg.paths.output_dir)
     # Hydra's RunFolderGuard refused an earlier run's folder before Hydra wrote .hydra/ and the log
     refuse_existing_run(output_dir, "hydra.run.dir", ignore=(".hydra",))
@@ -87,16 +92,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_option(cfg, "data.datamodule")
     datamodule.setup("fit")  # fail at once on missing data, before building the experts
     module = instantiate_option(cfg, "model")
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    plugins = [AtomicCheckpointIO()]
+    callbacks = [instantiate_option(cfg, f"callbacks.{name}") for name in cfg.get("callbacks") or {}]
+    loggers = [instantiate_option(cfg, f"logger.{name}") for name in cfg.get("logger") or {}]
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=plugins
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    results = checkpoint_results(trainer, output_dir)
+    if cfg.get("final_report", True):
+        (logged,) = trainer.validate(
+            module, datamodule=datamodule, ckpt_path=results["checkpoint"] or None, weights_only=True
+        )
+        monitor = _callback(trainer, RoutingMonitor)
+        results["metrics"] = split_metrics(logged, module.net.task_names)
+        results["routing"] = monitor.last if monitor else {}
+        results["routing_history"] = monitor.history if monitor else []
+        if trainer.is_global_zero:
+            images = next(iter(datamodule.val_dataloader()))["image"]
+            results.update(
+                write_report(
+                    module.net, module.dataset, results["metrics"], results["routing"], images, output_dir
+                )
+            )
+    if trainer.is_global_zero:
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"\nCheckpoint: {results['checkpoint']}\nResults: {output_dir / 'results.json'}")
+    return results
+
+
+def checkpoint_results(trainer: L.Trainer, output_dir: Path) -> dict[str, Any]:
+    """``{"checkpoint": the best checkpoint (else last.ckpt), "output_dir", "monitor", "best_score"}``."""
     best, last = _callback(trainer, BestCheckpoint), _callback(trainer, LastCheckpoint)
     checkpoint = (best.best_model_path if best else "") or (last.last_model_path if last else "")
     results: dict[str, Any] = {"checkpoint": checkpoint, "output_dir": str(output_dir)}
@@ -104,15 +132,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["monitor"] = best.monitor
         if best.best_model_score is not None:
             results["best_score"] = float(best.best_model_score)
-    if cfg.get("final_report", True):
-        trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint or None, weights_only=True)
-        results["metrics"] = module.last_val_results
-        if trainer.is_global_zero:
-            results.update(write_report(module, datamodule, output_dir))
-    if trainer.is_global_zero:
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"\nCheckpoint: {checkpoint}\nResults: {output_dir / 'results.json'}")
     return results
+
+
+def set_threads(threads: Any) -> None:
+    """``torch_threads``: CPU threads of torch in this process (None: torch's default)."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise OptionError("torch_threads", f"must be a positive integer or null, got {threads!r}")
+        torch.set_num_threads(threads)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

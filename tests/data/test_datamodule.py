@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiger.data import DatasetLayoutError, MultiTaskDataModule, NYUDv2, SyntheticScenes, build_dataset
+from tiger.data import DatasetLayoutError, MultiTaskDataModule, NYUDv2, build_dataset
+from tiger.data.synthetic import SyntheticScenes
 from tiger.data.transforms import TrainTransform
 from tiger.options import OptionError
 

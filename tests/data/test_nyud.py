@@ -11,7 +11,7 @@ from PIL import Image
 
 from tiger.data import CorruptFileError, DatasetLayoutError, LabelShapeError, NYUDv2
 from tiger.data.common import InvalidLabelWarning
-from tiger.data.synthetic import NYUD_CLASS_IDS, nyud_border
+from tiger.data.synthetic.trees import NYUD_CLASS_IDS, nyud_border
 from tiger.data.transforms import EvalTransform, TrainTransform, rescale
 
 TASKS = ["semseg", "depth", "normals", "edge"]

@@ -13,8 +13,8 @@ from skimage.morphology import thin
 
 from tiger.data import CorruptFileError, DatasetLayoutError, LabelShapeError, PascalContext
 from tiger.data.pascal import HUMAN_PART_GROUPS, NORMALS_VALID_CONTEXT_IDS, PERSON_CLASS, edge_from_label_map
-from tiger.data.scenes import PERSON, PLANT
-from tiger.data.synthetic import CONTEXT_CLASS_IDS, VOC_CLASS_IDS, pascal_voc_semseg
+from tiger.data.synthetic.scenes import PERSON, PLANT
+from tiger.data.synthetic.trees import CONTEXT_CLASS_IDS, VOC_CLASS_IDS, pascal_voc_semseg
 
 TASKS = ["semseg", "human_parts", "sal", "normals", "edge"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiger.data import SyntheticScenes, TrainTransform
+from tiger.data import TrainTransform
+from tiger.data.synthetic import SyntheticScenes
 from tiger.data.sampling import DrawKey, KeyedDraws, ResumableDataLoader, ResumableSampler
 
 

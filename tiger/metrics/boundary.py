@@ -33,7 +33,7 @@ from tiger.metrics.boundary_matching import (
     image_boundary_counts,
     seism_thresholds,
 )
-from tiger.targets import IGNORE_INDEX
+from tiger.tasks.targets import IGNORE_INDEX
 
 # Matching tolerance, as a fraction of the image diagonal, per data set.
 BOUNDARY_MAX_DIST = {"nyud": 0.011, "pascal": 0.0075, "synthetic": 0.011}

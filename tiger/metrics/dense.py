@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from tiger.targets import IGNORE_INDEX, unit_vectors
+from tiger.tasks.targets import IGNORE_INDEX, unit_vectors
 
 SALIENCY_THRESHOLDS = torch.arange(1, 20, dtype=torch.float64) / 20  # 0.05, 0.10, ..., 0.95
 NORMAL_ANGLES = (11.25, 22.5, 30.0)

@@ -1,0 +1,186 @@
+"""The checkpoint format: round trip, strict fit, and the errors a user sees for files that are not ours."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tiger import checkpoint
+from tiger.model.checkpoint import CheckpointError, read_checkpoint
+from tiger.inference import load_model
+from tiger.training.module import TigerModule
+from tiger.train import resume_checkpoint
+
+EXPERTS = {"clip": {"name": "clip_tiny"}, "sam": {"name": "sam_tiny"}}
+NET = dict(
+    experts=EXPERTS,
+    tasks=["semseg", "depth"],
+    grid=[2, 3],
+    num_semseg_classes=4,
+    instructions={"encoder": None},
+    dim=32,
+    rank=4,
+    hyper_hidden=16,
+    query_width=16,
+    num_heads=4,
+    decoder_width=32,
+)
+
+
+def tiny_module(seed: int, **net) -> TigerModule:
+    torch.manual_seed(seed)
+    return TigerModule(
+        {**NET, **net},
+        {"lambda_cf": 0.1},
+        functools.partial(torch.optim.AdamW, lr=1e-3),
+        None,
+        "synthetic",
+    )
+
+
+def save(module: TigerModule, path: Path) -> Path:
+    """What Lightning writes, through the module's own hook."""
+    saved = {"state_dict": module.state_dict(), "pytorch-lightning_version": L.__version__}
+    module.on_save_checkpoint(saved)
+    torch.save(saved, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    return save(tiny_module(0), tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+def trainable(module: TigerModule) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.net.state_dict().items() if not k.startswith("experts.")}
+
+
+def test_a_checkpoint_holds_only_the_trained_weights_and_the_tiger_section(saved):
+    stored = read_checkpoint(saved)
+    assert stored["state_dict"] and not any(k.startswith("net.experts.") for k in stored["state_dict"])
+    assert checkpoint.INSTRUCTION_KEY not in stored["state_dict"]  # encoder None: no instruction buffer
+    section = stored["tiger"]
+    assert section["format"] == checkpoint.FORMAT and section["tasks"] == ["semseg", "depth"]
+    assert [e["name"] for e in section["experts"]] == ["clip_tiny", "sam_tiny"]
+
+
+def test_round_trip_restores_every_trained_weight(saved):
+    original = tiny_module(0)
+    other = tiny_module(1)  # another seed: its weights differ, so a load that does nothing fails below
+    assert any(not torch.equal(v, trainable(other)[k]) for k, v in trainable(original).items())
+    checkpoint.load_trainable(other.net, read_checkpoint(saved)["state_dict"], saved)
+    for key, value in trainable(original).items():
+        torch.testing.assert_close(trainable(other)[key], value, rtol=0, atol=0, msg=key)
+    images = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            other.net.eval()(images).predictions["depth"], original.net.eval()(images).predictions["depth"]
+        )
+    rebuilt = load_model(saved).model
+    for key, value in trainable(original).items():
+        torch.testing.assert_close(rebuilt.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_lightning_hook_loads_the_weights_and_names_the_file_on_a_mismatch(saved, tmp_path):
+    other = tiny_module(1)
+    stored = read_checkpoint(saved)
+    other.on_load_checkpoint(stored)
+    torch.testing.assert_close(trainable(other), trainable(tiny_module(0)), rtol=0, atol=0)
+    assert set(stored["state_dict"]) == set(other.state_dict())  # ready for Lightning's strict load
+
+    wider = tiny_module(0, decoder_width=64)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.ckpt_path = saved
+    wider.trainer = trainer
+    with pytest.raises(
+        CheckpointError, match=rf"(?s){saved.name}: the checkpoint does not fit.*size mismatch for"
+    ):
+        wider.on_load_checkpoint(read_checkpoint(saved))
+    with pytest.raises(
+        CheckpointError, match=rf"{saved.name}: the checkpoint comes from another configuration"
+    ):
+        fewer = tiny_module(0, tasks=["semseg"])
+        fewer.trainer = trainer
+        fewer.on_load_checkpoint(read_checkpoint(saved))
+
+
+def test_keys_and_shapes_that_differ_are_all_named(saved):
+    state = dict(read_checkpoint(saved)["state_dict"])
+    del state["net.heads.heads.depth.1.bias"]
+    state["net.extra.weight"] = torch.zeros(2)
+    grown = "net.heads.heads.semseg.1.weight"
+    state[grown] = torch.zeros(9, *state[grown].shape[1:])
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.load_trainable(tiny_module(0).net, state, "edited.ckpt")
+    message = str(error.value)
+    assert message.startswith("edited.ckpt: the checkpoint does not fit this TIGER configuration")
+    assert 'Missing key(s) in state_dict: "heads.heads.depth.1.bias"' in message
+    assert 'Unexpected key(s) in state_dict: "extra.weight"' in message
+    assert (
+        "size mismatch for heads.heads.semseg.1.weight: copying a param with shape torch.Size([9," in message
+    )
+
+
+def test_a_tiger_section_that_disagrees_with_the_tensors_names_the_file(saved, tmp_path):
+    stored = read_checkpoint(saved)
+    edited = tmp_path / "edited.ckpt"
+    net = {**stored["tiger"]["net"], "decoder_width": 64}
+    torch.save({**stored, "tiger": {**stored["tiger"], "net": net}}, edited)
+    with pytest.raises(CheckpointError, match=rf"(?s){edited}: the checkpoint does not fit.*size mismatch"):
+        load_model(edited)
+    net = {**stored["tiger"]["net"], "tasks": ["semseg", "flow"]}
+    torch.save({**stored, "tiger": {**stored["tiger"], "net": net}}, edited)
+    with pytest.raises(
+        CheckpointError, match=rf"{edited}: its 'tiger' section does not build a model: unknown task 'flow'"
+    ):
+        load_model(edited)
+
+
+def test_a_folder_is_named_as_a_folder_with_the_checkpoints_it_holds(saved, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(
+        FileNotFoundError, match=r"run is a folder, not a checkpoint file; it holds no \.ckpt"
+    ):
+        read_checkpoint(run)
+    for name in ("epoch=0-step=2.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(saved.read_bytes())
+    with pytest.raises(
+        FileNotFoundError, match=r"it holds 2 checkpoint\(s\): checkpoints/epoch=0-step=2.ckpt, "
+    ):
+        load_model(run)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.ckpt"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+
+
+class Pickled:
+    """A class the weights-only unpickler refuses."""
+
+
+def test_a_blocked_global_gives_the_reason_never_the_advice_to_load_unsafely(tmp_path):
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"tiger": {"format": 1}, "model": Pickled()}, path)
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert f"{path} holds a pickled Python object of class {__name__}.Pickled" in message
+    assert "weights_only=False" not in message and "will likely succeed" not in message
+    with pytest.raises(CheckpointError, match="holds a pickled Python object"):
+        resume_checkpoint(str(path))
+
+
+def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(tmp_path):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(1)}, "epoch": 3}, foreign)
+    with pytest.raises(
+        CheckpointError, match=r"not a TIGER checkpoint: .*foreign.ckpt has no 'tiger' section"
+    ):
+        resume_checkpoint(str(foreign))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"this is no checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=r"not a TIGER checkpoint: .*garbage.ckpt cannot be read"):
+        resume_checkpoint(str(garbage))
