@@ -1,9 +1,13 @@
 """Test-wide settings (everything runs offline, on the CPU, in temporary folders) and shared fixtures.
 
-``tiny_checkpoint``: one short run of ``python -m tiger.train`` (synthetic scenes, tiny experts, 2 steps)
-per test session (per xdist worker), reused by the inference, CLI and notebook tests.
-``study_multirun``: a small known-answer study (one seed, two tasks, a short training), reused by the study
-and notebook tests.
+- ``tiny_config``: a factory of small :class:`~tiger.model.TigerConfig` objects (tiny random experts, no
+  instruction encoder) that every model, loss and module test builds on.
+- ``compose_train``: the training config composed in-process the lightning-hydra-template way, ready for
+  :func:`tiger.train.train` (only the tests of the command line itself start ``python -m tiger.train``).
+- ``tiny_checkpoint``: one short training run (synthetic scenes, tiny experts, 2 steps) per test session
+  (per xdist worker), reused by the inference, CLI and notebook tests.
+- ``study_multirun``: a small known-answer study (one seed, a short training), reused by the study and
+  notebook tests.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +30,16 @@ OFFLINE = {
 for key, value in OFFLINE.items():
     os.environ.setdefault(key, value)
 
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+TINY_SIZES = {"dim": 32, "rank": 4, "hyper_hidden": 16, "query_width": 16, "num_heads": 4, "decoder_width": 32}
+"""The smallest model sizes every check accepts (GroupNorm, heads, query width)."""
+
 TRAIN_OVERRIDES = (  # as small as a real run gets: 2 steps of 2 images, validation and a checkpoint each
     "trainer.max_steps=2",
     "trainer.val_check_interval=1",
+    "trainer.enable_progress_bar=false",
     "data.datamodule.synthetic.num_train=4",
     "data.datamodule.synthetic.num_val=2",
     "data.datamodule.batch_size=2",
@@ -37,26 +49,87 @@ TRAIN_OVERRIDES = (  # as small as a real run gets: 2 steps of 2 images, validat
 )
 
 
+def make_tiny_config(
+    experts: Any = ("clip_tiny",),
+    tasks: tuple[str, ...] = ("semseg", "depth"),
+    grid: tuple[int, int] = (2, 2),
+    **changes: Any,
+):
+    """A small model config: tiny experts (names: role = family; or specs as TigerConfig takes them),
+    learnable task embeddings, :data:`TINY_SIZES`."""
+    from tiger.model import TigerConfig
+
+    if isinstance(experts, tuple | list) and all(isinstance(name, str) for name in experts):
+        experts = {name.removesuffix("_tiny"): {"name": name} for name in experts}
+    options = {
+        "experts": experts,
+        "tasks": list(tasks),
+        "grid": list(grid),
+        "num_semseg_classes": 5,
+        "instructions": {"encoder": None},
+        **TINY_SIZES,
+    }
+    return TigerConfig(**{**options, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Any]:
+    """The factory :func:`make_tiny_config`."""
+    return make_tiny_config
+
+
 def subprocess_env() -> dict[str, str]:
-    """The environment for subprocesses: offline, on the CPU, no GUI backend."""
-    return {"CUDA_VISIBLE_DEVICES": "", **os.environ, **OFFLINE}
+    """The environment for subprocesses: offline, on the CPU, no GUI backend, this checkout first."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {"CUDA_VISIBLE_DEVICES": "", **os.environ, **OFFLINE, "PYTHONPATH": path}
+
+
+@pytest.fixture(scope="session")
+def offline_env() -> Callable[[], dict[str, str]]:
+    """A function that gives a fresh environment for a test's subprocess (see :func:`subprocess_env`)."""
+    return subprocess_env
+
+
+def compose_config(*overrides: str, output_dir: Path | None = None):
+    """``train.yaml`` composed with ``overrides``; with ``output_dir``, as the task function sees it (the run
+    folder set, Hydra's runtime config registered, the ``hydra`` node removed)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    if output_dir is None:
+        return cfg
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def compose_train() -> Iterator[Callable[..., Any]]:
+    """The factory :func:`compose_config` (with ``output_dir=`` for :func:`tiger.train.train`)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    yield compose_config
+    GlobalHydra.instance().clear()
 
 
 def train_tiny_checkpoint(run_dir: Path) -> Path:
-    """Train for 2 steps into ``run_dir`` (once: later calls return the existing checkpoint)."""
+    """Train for 2 steps into ``run_dir``, in this process (once: later calls return the checkpoint)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tiger.train import train
+
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if checkpoint.is_file():
-        return checkpoint
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "tiger.train", *TRAIN_OVERRIDES, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(
-        command, cwd=run_dir, env=subprocess_env(), capture_output=True, text=True, timeout=600
-    )
-    if result.returncode != 0 or not checkpoint.is_file():
-        raise RuntimeError(
-            f"the tiny training run failed (exit {result.returncode}, no {checkpoint}?):\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-        )
+    if not checkpoint.is_file():
+        train(compose_config(*TRAIN_OVERRIDES, output_dir=run_dir))
+        GlobalHydra.instance().clear()
     return checkpoint
 
 
@@ -64,12 +137,6 @@ def train_tiny_checkpoint(run_dir: Path) -> Path:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of ``last.ckpt`` of a 2-step run on synthetic scenes with the tiny experts."""
     return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_tiger_run")
-
-
-@pytest.fixture(scope="session")
-def offline_env() -> Callable[[], dict[str, str]]:
-    """A function that gives a fresh environment for a test's subprocess (see :func:`subprocess_env`)."""
-    return subprocess_env
 
 
 STUDY_OVERRIDES = (  # the known-answer study at its smallest: one seed, depth and edge, 60 steps

@@ -9,37 +9,25 @@ import lightning as L
 import pytest
 import torch
 
-from tiger import checkpoint
-from tiger.model.checkpoint import CheckpointError, read_checkpoint
 from tiger.inference import load_model
-from tiger.training.module import TigerModule
+from tiger.model import checkpoint
+from tiger.model.checkpoint import CheckpointError, read_checkpoint
 from tiger.train import resume_checkpoint
+from tiger.training.losses import LossConfig
+from tiger.training.module import TigerModule
 
-EXPERTS = {"clip": {"name": "clip_tiny"}, "sam": {"name": "sam_tiny"}}
-NET = dict(
-    experts=EXPERTS,
-    tasks=["semseg", "depth"],
-    grid=[2, 3],
-    num_semseg_classes=4,
-    instructions={"encoder": None},
-    dim=32,
-    rank=4,
-    hyper_hidden=16,
-    query_width=16,
-    num_heads=4,
-    decoder_width=32,
-)
+EXPERTS = ("clip_tiny", "sam_tiny")
 
 
-def tiny_module(seed: int, **net) -> TigerModule:
-    torch.manual_seed(seed)
-    return TigerModule(
-        {**NET, **net},
-        {"lambda_cf": 0.1},
-        functools.partial(torch.optim.AdamW, lr=1e-3),
-        None,
-        "synthetic",
-    )
+@pytest.fixture(scope="module")
+def tiny_module(tiny_config):
+    def build(seed: int, **net) -> TigerModule:
+        torch.manual_seed(seed)
+        config = tiny_config(EXPERTS, grid=(2, 3), **net)
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
+        return TigerModule(config, LossConfig(lambda_cf=0.1), optimizer, None, "synthetic")
+
+    return build
 
 
 def save(module: TigerModule, path: Path) -> Path:
@@ -51,7 +39,7 @@ def save(module: TigerModule, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
+def saved(tiny_module, tmp_path_factory) -> Path:
     return save(tiny_module(0), tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
@@ -68,7 +56,7 @@ def test_a_checkpoint_holds_only_the_trained_weights_and_the_tiger_section(saved
     assert [e["name"] for e in section["experts"]] == ["clip_tiny", "sam_tiny"]
 
 
-def test_round_trip_restores_every_trained_weight(saved):
+def test_round_trip_restores_every_trained_weight(saved, tiny_module):
     original = tiny_module(0)
     other = tiny_module(1)  # another seed: its weights differ, so a load that does nothing fails below
     assert any(not torch.equal(v, trainable(other)[k]) for k, v in trainable(original).items())
@@ -85,7 +73,7 @@ def test_round_trip_restores_every_trained_weight(saved):
         torch.testing.assert_close(rebuilt.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
-def test_lightning_hook_loads_the_weights_and_names_the_file_on_a_mismatch(saved, tmp_path):
+def test_lightning_hook_loads_the_weights_and_names_the_file_on_a_mismatch(saved, tiny_module, tmp_path):
     other = tiny_module(1)
     stored = read_checkpoint(saved)
     other.on_load_checkpoint(stored)
@@ -108,7 +96,7 @@ def test_lightning_hook_loads_the_weights_and_names_the_file_on_a_mismatch(saved
         fewer.on_load_checkpoint(read_checkpoint(saved))
 
 
-def test_keys_and_shapes_that_differ_are_all_named(saved):
+def test_keys_and_shapes_that_differ_are_all_named(saved, tiny_module):
     state = dict(read_checkpoint(saved)["state_dict"])
     del state["net.heads.heads.depth.1.bias"]
     state["net.extra.weight"] = torch.zeros(2)
@@ -135,7 +123,7 @@ def test_a_tiger_section_that_disagrees_with_the_tensors_names_the_file(saved, t
     net = {**stored["tiger"]["net"], "tasks": ["semseg", "flow"]}
     torch.save({**stored, "tiger": {**stored["tiger"], "net": net}}, edited)
     with pytest.raises(
-        CheckpointError, match=rf"{edited}: its 'tiger' section does not build a model: unknown task 'flow'"
+        CheckpointError, match=rf"{edited}: its 'tiger' section does not build a model: tasks must be one of"
     ):
         load_model(edited)
 
@@ -184,3 +172,18 @@ def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(t
     garbage.write_bytes(b"this is no checkpoint" * 10)
     with pytest.raises(CheckpointError, match=r"not a TIGER checkpoint: .*garbage.ckpt cannot be read"):
         resume_checkpoint(str(garbage))
+
+
+def test_a_checkpoint_written_before_the_layout_change_still_loads(saved, tiny_module, tmp_path):
+    """The format of the checkpoints written before TigerConfig and LossConfig (the same state dict keys, a
+    ``net`` section of build_tiger keyword arguments, a ``loss`` section of three options) still loads."""
+    stored = read_checkpoint(saved)
+    old = tmp_path / "old.ckpt"
+    section = dict(stored["tiger"])
+    section["net"] = {key: value for key, value in section["net"].items() if key != "projection_hidden"}
+    section["loss"] = {"lambda_cf": 0.1, "tau": 1.0, "removal": "mean"}
+    torch.save({**stored, "tiger": section}, old)
+    predictor = load_model(old)
+    assert predictor.loss_config == LossConfig(lambda_cf=0.1, removal="mean")
+    for key, value in trainable(tiny_module(0)).items():
+        torch.testing.assert_close(predictor.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
