@@ -1,23 +1,33 @@
-"""Loading transformers vision models (DINOv2, OWLv2): hub id, ``save_pretrained`` folder or random init."""
+"""Experts over transformers vision models (DINOv2, OWLv2): the spec, the expert class and its builder.
+
+A family module states only what is its own: an :class:`HfExpert` subclass (model and config classes,
+normalisation, which tokens are the patch tokens) and its :class:`HfSpec` constants. The weights come from
+a hub id, a ``save_pretrained`` folder, or a seeded random init.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
+from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from tiger.experts.base import (
     CONFIG_HINT,
     NO_OFFICIAL_WEIGHTS,
+    Expert,
     ExpertWeightsError,
     hub_cache,
     local_weights,
     seeded,
     short_reason,
+    tokens_to_map,
 )
 
 ARCHITECTURE_KEYS = (
@@ -111,3 +121,78 @@ def load_hf_model(
             "name that matches these weights"
         )
     return model.eval()
+
+
+@dataclass(frozen=True)
+class HfSpec:
+    """One transformers expert: its registry name, default hub id (None = random init, tiny) and the values
+    of its family's config class (``Dinov2Config``, ``Owlv2VisionConfig``)."""
+
+    name: str
+    default_weights: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class HfExpert(Expert):
+    """A transformers vision model whose patch tokens are the features.
+
+    A family subclass sets the class attributes and :meth:`patch_tokens`; the patch size and width come
+    from the model's config (``patch_size``, ``hidden_size``).
+
+    Attributes:
+        model_class: the transformers model, e.g. ``Dinov2Model``.
+        config_class: its config, built from :attr:`HfSpec.config`.
+        image_mean, image_std: the per-channel normalisation the model was trained with (3 floats each).
+    """
+
+    model_class: ClassVar[type[PreTrainedModel]]
+    config_class: ClassVar[type[PretrainedConfig]]
+    image_mean: ClassVar[Sequence[float]]
+    image_std: ClassVar[Sequence[float]]
+
+    def __init__(self, model: PreTrainedModel, *, name: str, identity: dict) -> None:
+        super().__init__(
+            model,
+            name=name,
+            patch_size=model.config.patch_size,
+            channels=model.config.hidden_size,
+            mean=self.image_mean,
+            std=self.image_std,
+            identity=identity,
+        )
+
+    def patch_tokens(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Normalised images (B, 3, H p, W p) -> row-major patch tokens (B, H W, C), no CLS or registers."""
+        raise NotImplementedError
+
+    def extract(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Normalised images (B, 3, H p, W p) -> patch tokens (B, C, H, W)."""
+        return tokens_to_map(self.patch_tokens(pixels, grid), grid)
+
+
+_Expert = TypeVar("_Expert", bound=HfExpert)
+
+
+def build_hf_expert(
+    expert_class: type[_Expert], spec: HfSpec, weights: str | Path | None = "default", *, seed: int = 0
+) -> _Expert:
+    """Build a transformers expert.
+
+    Args:
+        expert_class: the family's :class:`HfExpert` subclass.
+        spec: architecture and default hub id.
+        weights: ``"default"`` (hub id; random for tiny), None (random init), a hub id, or a local folder
+            written by ``save_pretrained``.
+        seed: seed of the random init when no weights are loaded.
+
+    Returns:
+        The frozen expert; its ``identity`` keeps ``weights`` (a local folder resolved to its absolute path).
+
+    Raises:
+        ExpertWeightsError: offline hub, missing folder, missing weights, or a different architecture.
+    """
+    source = resolve_hf_source(weights, spec.default_weights, spec.name)
+    config = expert_class.config_class(**spec.config)
+    model = load_hf_model(expert_class.model_class, config, source, expert=spec.name, seed=seed)
+    stored = source if source is not None and weights != "default" else weights
+    return expert_class(model, name=spec.name, identity={"name": spec.name, "weights": stored, "seed": seed})

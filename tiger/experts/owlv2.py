@@ -1,31 +1,19 @@
-"""OWLv2 ViT experts through transformers ``Owlv2VisionModel`` (with ``interpolate_pos_encoding=True``)."""
+"""OWLv2 ViT experts through transformers ``Owlv2VisionModel`` (with ``interpolate_pos_encoding=True``).
+
+The hub checkpoints hold the whole detector; ``Owlv2VisionModel.from_pretrained`` takes its vision tower.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 from transformers import Owlv2VisionConfig, Owlv2VisionModel
 
-from tiger.experts.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Expert, tokens_to_map
-from tiger.experts.hf import load_hf_model, resolve_hf_source
+from tiger.experts.base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from tiger.experts.hf import HfExpert, HfSpec, build_hf_expert
 
-
-@dataclass(frozen=True)
-class Owlv2Spec:
-    """One OWLv2 expert: its ``Owlv2VisionConfig`` values and default hub id (None = random init, tiny).
-
-    The hub checkpoints hold the whole detector; ``Owlv2VisionModel.from_pretrained`` takes its vision tower.
-    """
-
-    name: str
-    default_weights: str | None
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-OWLV2_L14 = Owlv2Spec(
+OWLV2_L14 = HfSpec(
     "owlv2_l14",
     "google/owlv2-large-patch14-ensemble",
     {
@@ -37,7 +25,7 @@ OWLV2_L14 = Owlv2Spec(
         "patch_size": 14,
     },
 )
-OWLV2_TINY = Owlv2Spec(
+OWLV2_TINY = HfSpec(
     "owlv2_tiny",
     None,
     {
@@ -51,7 +39,7 @@ OWLV2_TINY = Owlv2Spec(
 )
 
 
-class Owlv2Expert(Expert):
+class Owlv2Expert(HfExpert):
     """Patch tokens of the OWLv2 vision tower after its ``post_layernorm``, without the CLS token.
 
     These are the CLIP-style image tokens, not the detector's box features: ``Owlv2ForObjectDetection``
@@ -60,37 +48,17 @@ class Owlv2Expert(Expert):
     transformers (``interpolate_pos_encoding=True``: plain bicubic, no antialiasing).
     """
 
-    def __init__(self, model: Owlv2VisionModel, *, name: str, identity: dict) -> None:
-        super().__init__(
-            model,
-            name=name,
-            patch_size=model.config.patch_size,
-            channels=model.config.hidden_size,
-            mean=OPENAI_CLIP_MEAN,
-            std=OPENAI_CLIP_STD,
-            identity=identity,
-        )
+    model_class = Owlv2VisionModel
+    config_class = Owlv2VisionConfig
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
 
-    def extract(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+    def patch_tokens(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
         hidden = self.backbone(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
-        tokens = self.backbone.vision_model.post_layernorm(hidden[:, 1:])
-        return tokens_to_map(tokens, grid)
+        return self.backbone.vision_model.post_layernorm(hidden[:, 1:])  # (B, H W, C)
 
 
-def build_owlv2_expert(
-    spec: Owlv2Spec, weights: str | Path | None = "default", *, seed: int = 0
-) -> Owlv2Expert:
-    """Build an OWLv2 expert.
-
-    Args:
-        spec: architecture and default hub id.
-        weights: ``"default"`` (hub id; random for tiny), None (random init), a hub id, or a local folder
-            written by ``save_pretrained`` (of an ``Owlv2VisionModel`` or a whole detector).
-        seed: seed of the random init when no weights are loaded.
-    """
-    source = resolve_hf_source(weights, spec.default_weights, spec.name)
-    model = load_hf_model(
-        Owlv2VisionModel, Owlv2VisionConfig(**spec.config), source, expert=spec.name, seed=seed
-    )
-    stored = source if source is not None and weights != "default" else weights
-    return Owlv2Expert(model, name=spec.name, identity={"name": spec.name, "weights": stored, "seed": seed})
+def build_owlv2_expert(spec: HfSpec, weights: str | Path | None = "default", *, seed: int = 0) -> Owlv2Expert:
+    """Build an OWLv2 expert: ``weights`` as :func:`~tiger.experts.hf.build_hf_expert` takes them, where a
+    ``save_pretrained`` folder may hold an ``Owlv2VisionModel`` or a whole detector."""
+    return build_hf_expert(Owlv2Expert, spec, weights, seed=seed)

@@ -233,26 +233,112 @@ def _person(builder: _Builder, rng: np.random.Generator, base: np.ndarray, yaw: 
             builder.add("capsule", PERSON, instance, color, part=part, a=a_w, b=b_w, radius=radius)
 
 
-def sample_layout(rng: np.random.Generator, num_persons: int | None = None) -> Layout:
-    """Draw a random room, camera, furniture and ``num_persons`` people (random 0-2 when None)."""
-    builder = _Builder()
-    room_w, room_d, room_h = rng.uniform(4.5, 8.0), rng.uniform(5.0, 9.0), rng.uniform(2.5, 3.2)
-    x_lo, x_hi = -room_w / 2, room_w / 2
-    cam = np.array([rng.uniform(-0.3, 0.3) * room_w / 2, 0.3, rng.uniform(1.1, 1.7)])
+@dataclass(frozen=True)
+class _Room:
+    """The room's box in the world frame, in metres: x in [-width / 2, width / 2], y in [0, depth], z in
+    [0, height]; the camera stands near the front wall (y = 0) and looks towards the back wall (y = depth)."""
+
+    width: float
+    depth: float
+    height: float
+
+    @property
+    def x_lo(self) -> float:
+        """The left wall's x (metres)."""
+        return -self.width / 2
+
+    @property
+    def x_hi(self) -> float:
+        """The right wall's x (metres)."""
+        return self.width / 2
+
+
+@dataclass(frozen=True)
+class _View:
+    """The camera: ``position`` (3,) in metres, ``yaw`` (about the vertical, 0 = looking along +y) and
+    ``pitch`` (downwards) in radians, ``hfov`` the horizontal field of view in radians."""
+
+    position: np.ndarray
+    yaw: float
+    pitch: float
+    hfov: float
+
+
+def _sample_room(rng: np.random.Generator) -> _Room:
+    """Draw the room's width, depth and height (metres)."""
+    width, depth, height = rng.uniform(4.5, 8.0), rng.uniform(5.0, 9.0), rng.uniform(2.5, 3.2)
+    return _Room(width, depth, height)
+
+
+def _sample_view(rng: np.random.Generator, room: _Room) -> _View:
+    """Draw the camera: 0.3 m in front of the front wall, 1.1-1.7 m high, looking slightly down."""
+    position = np.array([rng.uniform(-0.3, 0.3) * room.width / 2, 0.3, rng.uniform(1.1, 1.7)])
     yaw, pitch = rng.uniform(-0.35, 0.35), rng.uniform(0.14, 0.42)
     hfov = np.deg2rad(rng.uniform(55.0, 65.0))
+    return _View(position, yaw, pitch, hfov)
 
-    # Room: floor, ceiling, 4 walls; inward normals, one instance each.
+
+class _FloorPlan:
+    """The floor footprints (x, y, radius in metres) of the objects placed so far; finds free spots."""
+
+    def __init__(self, room: _Room, view: _View) -> None:
+        self.room = room
+        self.view = view
+        self.footprints: list[tuple[float, float, float]] = []
+
+    def _claim(self, x: float, y: float, radius: float) -> np.ndarray | None:
+        """Record the disc (x, y, radius) and return its centre (2,) if it meets no footprint, else None."""
+        if all(np.hypot(x - fx, y - fy) > radius + fr for fx, fy, fr in self.footprints):
+            self.footprints.append((x, y, radius))
+            return np.array([x, y])
+        return None
+
+    def free_spot(
+        self, rng: np.random.Generator, radius: float, near: float = 1.6, far: float = 6.0
+    ) -> np.ndarray | None:
+        """A free (x, y) in view, ``near`` to ``far`` metres from the camera, whose disc of ``radius`` stays
+        inside the room; None after 20 tries."""
+        room, view = self.room, self.view
+        for _ in range(20):
+            dist = rng.uniform(near, min(far, room.depth - 0.5))
+            angle = view.yaw + rng.uniform(-0.8, 0.8) * view.hfov / 2
+            x, y = view.position[0] + dist * np.sin(angle), view.position[1] + dist * np.cos(angle)
+            if not (room.x_lo + radius < x < room.x_hi - radius and 0.5 + radius < y < room.depth - radius):
+                continue
+            spot = self._claim(x, y, radius)
+            if spot is not None:
+                return spot
+        return None
+
+    def wall_spot(self, rng: np.random.Generator, width: float, depth: float) -> np.ndarray | None:
+        """A free (x, y) for an object of ``width`` x ``depth`` metres against the back wall; None after 20
+        tries."""
+        for _ in range(20):
+            x = rng.uniform(self.room.x_lo + width / 2, self.room.x_hi - width / 2)
+            y = self.room.depth - depth / 2 - 0.01
+            spot = self._claim(x, y, width / 2)
+            if spot is not None:
+                return spot
+        return None
+
+
+def _add_floor(builder: _Builder, rng: np.random.Generator) -> None:
+    """The floor plane z = 0: wood, grey or blue, planks or tiles."""
     floor_color = [_hsv(0.08, 0.6, 0.55), _hsv(0.0, 0.0, 0.6), _hsv(0.6, 0.25, 0.45)][rng.integers(3)]
     floor_color = np.clip(floor_color * rng.uniform(0.8, 1.2), 0, 1)
     floor_texture = TEX_PLANKS if rng.random() < 0.5 else TEX_TILES
     builder.add(
         "plane", FLOOR, builder.new_instance(FLOOR), floor_color, floor_texture, normal=[0, 0, 1], offset=0.0
     )
+
+
+def _add_ceiling_and_walls(builder: _Builder, rng: np.random.Generator, room: _Room) -> None:
+    """The ceiling and the four walls (back, left, right, front), inward normals, one instance each."""
     wall_color = _hsv(rng.uniform(), rng.uniform(0.05, 0.35), rng.uniform(0.7, 0.95))
     ceiling = builder.new_instance(WALL)
-    builder.add("plane", WALL, ceiling, [0.92, 0.92, 0.9], normal=[0, 0, -1], offset=-room_h)
-    for normal, offset in (([0, -1, 0], -room_d), ([1, 0, 0], x_lo), ([-1, 0, 0], -x_hi), ([0, 1, 0], 0.0)):
+    builder.add("plane", WALL, ceiling, [0.92, 0.92, 0.9], normal=[0, 0, -1], offset=-room.height)
+    walls = (([0, -1, 0], -room.depth), ([1, 0, 0], room.x_lo), ([-1, 0, 0], -room.x_hi), ([0, 1, 0], 0.0))
+    for normal, offset in walls:
         shade = rng.uniform(0.9, 1.05)
         builder.add(
             "plane",
@@ -264,149 +350,169 @@ def sample_layout(rng: np.random.Generator, num_persons: int | None = None) -> L
             offset=offset,
         )
 
-    footprints: list[tuple[float, float, float]] = []
 
-    def free_spot(radius: float, near: float = 1.6, far: float = 6.0) -> np.ndarray | None:
-        for _ in range(20):
-            dist = rng.uniform(near, min(far, room_d - 0.5))
-            angle = yaw + rng.uniform(-0.8, 0.8) * hfov / 2
-            x, y = cam[0] + dist * np.sin(angle), cam[1] + dist * np.cos(angle)
-            if not (x_lo + radius < x < x_hi - radius and 0.5 + radius < y < room_d - radius):
-                continue
-            if all(np.hypot(x - fx, y - fy) > radius + fr for fx, fy, fr in footprints):
-                footprints.append((x, y, radius))
-                return np.array([x, y])
-        return None
+def _add_cabinet(builder: _Builder, rng: np.random.Generator, plan: _FloorPlan, tv_allowed: bool) -> bool:
+    """A cabinet against the back wall; a low one may carry a TV when ``tv_allowed``. True when it got one."""
+    w, dep, h = rng.uniform(0.5, 1.4), rng.uniform(0.35, 0.6), rng.uniform(0.5, 1.3)
+    spot = plan.wall_spot(rng, w, dep)
+    if spot is None:
+        return False
+    color = [_hsv(0.07, 0.6, 0.35), _hsv(0.1, 0.1, 0.88), _hsv(0.0, 0.0, 0.45)][rng.integers(3)]
+    builder.box(
+        CABINET, builder.new_instance(CABINET), color, [*spot, h / 2], [w, dep, h], texture=TEX_DRAWERS
+    )
+    if tv_allowed and h < 1.0 and rng.random() < 0.6:
+        _add_tv_on_cabinet(builder, rng, spot, w, h)
+        return True
+    return False
 
-    def wall_spot(width: float, depth: float) -> np.ndarray | None:
-        for _ in range(20):
-            x = rng.uniform(x_lo + width / 2, x_hi - width / 2)
-            y = room_d - depth / 2 - 0.01
-            if all(np.hypot(x - fx, y - fy) > width / 2 + fr for fx, fy, fr in footprints):
-                footprints.append((x, y, width / 2))
-                return np.array([x, y])
-        return None
 
-    # Cabinets against the back wall, sometimes with a TV on top.
-    tv_done = False
-    for _ in range(rng.integers(0, 3)):
-        w, dep, h = rng.uniform(0.5, 1.4), rng.uniform(0.35, 0.6), rng.uniform(0.5, 1.3)
-        spot = wall_spot(w, dep)
-        if spot is None:
-            continue
-        color = [_hsv(0.07, 0.6, 0.35), _hsv(0.1, 0.1, 0.88), _hsv(0.0, 0.0, 0.45)][rng.integers(3)]
-        builder.box(
-            CABINET, builder.new_instance(CABINET), color, [*spot, h / 2], [w, dep, h], texture=TEX_DRAWERS
-        )
-        if not tv_done and h < 1.0 and rng.random() < 0.6:
-            tw, th = min(w * 0.9, rng.uniform(0.5, 1.1)), rng.uniform(0.3, 0.6)
-            tv = builder.new_instance(TVMONITOR)
-            builder.box(
-                TVMONITOR, tv, [0.07, 0.07, 0.09], [spot[0], spot[1], h + th / 2 + 0.03], [tw, 0.06, th]
-            )
-            builder.box(TVMONITOR, tv, [0.2, 0.2, 0.2], [spot[0], spot[1], h + 0.015], [0.25, 0.15, 0.03])
-            tv_done = True
-    if not tv_done and rng.random() < 0.4:
-        tw, th = rng.uniform(0.6, 1.2), rng.uniform(0.35, 0.7)
-        x = rng.uniform(x_lo + tw, x_hi - tw)
-        builder.box(
-            TVMONITOR,
-            builder.new_instance(TVMONITOR),
-            [0.07, 0.07, 0.09],
-            [x, room_d - 0.04, rng.uniform(1.0, 1.6)],
-            [tw, 0.06, th],
-        )
+def _add_tv_on_cabinet(
+    builder: _Builder, rng: np.random.Generator, spot: np.ndarray, width: float, height: float
+) -> None:
+    """A TV monitor (screen and stand) on the cabinet at ``spot`` (x, y) of ``width`` x ``height`` metres."""
+    tw, th = min(width * 0.9, rng.uniform(0.5, 1.1)), rng.uniform(0.3, 0.6)
+    tv = builder.new_instance(TVMONITOR)
+    builder.box(TVMONITOR, tv, [0.07, 0.07, 0.09], [spot[0], spot[1], height + th / 2 + 0.03], [tw, 0.06, th])
+    builder.box(TVMONITOR, tv, [0.2, 0.2, 0.2], [spot[0], spot[1], height + 0.015], [0.25, 0.15, 0.03])
 
-    for _ in range(rng.integers(0, 3)):  # tables: a top and four legs
-        w, dep, h = rng.uniform(0.8, 1.6), rng.uniform(0.6, 1.0), rng.uniform(0.68, 0.78)
-        spot = free_spot(np.hypot(w, dep) / 2)
-        if spot is None:
-            continue
-        angle = rng.uniform(0, np.pi)
-        axes = _yaw_axes(angle)
-        color = _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.8))
-        table = builder.new_instance(TABLE)
-        builder.box(TABLE, table, color, [*spot, h - 0.02], [w, dep, 0.04], angle, TEX_GRAIN)
-        for sx in (-1, 1):
-            for sy in (-1, 1):
-                leg = axes.T @ np.array([sx * (w / 2 - 0.05), sy * (dep / 2 - 0.05), 0.0])
-                builder.box(
-                    TABLE,
-                    table,
-                    color * 0.8,
-                    [spot[0] + leg[0], spot[1] + leg[1], (h - 0.04) / 2],
-                    [0.05, 0.05, h - 0.04],
-                    angle,
-                )
 
-    if rng.random() < 0.5:  # a sofa: seat, back and two arms, facing the camera
-        w, dep = rng.uniform(1.4, 2.2), rng.uniform(0.8, 1.0)
-        spot = free_spot(w / 2, near=2.5)
-        if spot is not None:
-            angle = yaw + np.pi + rng.uniform(-0.5, 0.5)
-            axes = _yaw_axes(angle)
-            color = _hsv(rng.uniform(), rng.uniform(0.45, 0.85), rng.uniform(0.3, 0.75))
-            sofa = builder.new_instance(SOFA)
+def _add_wall_tv(builder: _Builder, rng: np.random.Generator, room: _Room) -> None:
+    """A TV monitor hung on the back wall, 1-1.6 m high."""
+    tw, th = rng.uniform(0.6, 1.2), rng.uniform(0.35, 0.7)
+    x = rng.uniform(room.x_lo + tw, room.x_hi - tw)
+    z = rng.uniform(1.0, 1.6)
+    builder.box(
+        TVMONITOR,
+        builder.new_instance(TVMONITOR),
+        [0.07, 0.07, 0.09],
+        [x, room.depth - 0.04, z],
+        [tw, 0.06, th],
+    )
 
-            def sofa_box(offset, size, shade=1.0):
-                center = axes.T @ np.asarray(offset, dtype=float)
-                builder.box(
-                    SOFA,
-                    sofa,
-                    color * shade,
-                    [spot[0] + center[0], spot[1] + center[1], center[2]],
-                    size,
-                    angle,
-                    TEX_FABRIC,
-                )
 
-            sofa_box([0, 0.05, 0.22], [w - 0.3, dep - 0.1, 0.44])
-            sofa_box([0, -dep / 2 + 0.1, 0.45], [w, 0.2, 0.9], 0.9)
-            for sx in (-1, 1):
-                sofa_box([sx * (w / 2 - 0.075), 0.05, 0.3], [0.15, dep - 0.1, 0.6], 0.95)
+def _add_table(builder: _Builder, rng: np.random.Generator, plan: _FloorPlan) -> None:
+    """A table (a top and four legs) turned at random at a free spot; nothing when none is found."""
+    w, dep, h = rng.uniform(0.8, 1.6), rng.uniform(0.6, 1.0), rng.uniform(0.68, 0.78)
+    spot = plan.free_spot(rng, np.hypot(w, dep) / 2)
+    if spot is None:
+        return
+    angle = rng.uniform(0, np.pi)
+    axes = _yaw_axes(angle)
+    color = _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.8))
+    table = builder.new_instance(TABLE)
+    builder.box(TABLE, table, color, [*spot, h - 0.02], [w, dep, 0.04], angle, TEX_GRAIN)
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            leg = axes.T @ np.array([sx * (w / 2 - 0.05), sy * (dep / 2 - 0.05), 0.0])
+            center = [spot[0] + leg[0], spot[1] + leg[1], (h - 0.04) / 2]
+            builder.box(TABLE, table, color * 0.8, center, [0.05, 0.05, h - 0.04], angle)
 
-    for _ in range(rng.integers(0, 3)):  # potted plants: a pot and one or two foliage spheres
-        spot = free_spot(0.4)
-        if spot is None:
-            continue
-        plant = builder.new_instance(PLANT)
-        pot_h, pot_w = rng.uniform(0.25, 0.45), rng.uniform(0.22, 0.35)
-        builder.box(
-            PLANT, plant, [0.62, 0.32, 0.18], [*spot, pot_h / 2], [pot_w, pot_w, pot_h], rng.uniform(0, 1)
-        )
-        green = _hsv(rng.uniform(0.22, 0.38), rng.uniform(0.5, 0.85), rng.uniform(0.3, 0.6))
-        radius = rng.uniform(0.2, 0.35)
-        builder.add(
-            "sphere", PLANT, plant, green, TEX_FOLIAGE, center=[*spot, pot_h + radius * 0.85], radius=radius
-        )
-        if rng.random() < 0.5:
-            r2 = radius * rng.uniform(0.6, 0.85)
-            builder.add(
-                "sphere",
-                PLANT,
-                plant,
-                green * 1.1,
-                TEX_FOLIAGE,
-                center=[spot[0] + rng.uniform(-0.1, 0.1), spot[1], pot_h + radius * 1.6 + r2 * 0.5],
-                radius=r2,
-            )
 
+def _add_sofa(builder: _Builder, rng: np.random.Generator, plan: _FloorPlan) -> None:
+    """A sofa (seat, back and two arms) facing the camera at a free spot; nothing when none is found."""
+    w, dep = rng.uniform(1.4, 2.2), rng.uniform(0.8, 1.0)
+    spot = plan.free_spot(rng, w / 2, near=2.5)
+    if spot is None:
+        return
+    angle = plan.view.yaw + np.pi + rng.uniform(-0.5, 0.5)
+    axes = _yaw_axes(angle)
+    color = _hsv(rng.uniform(), rng.uniform(0.45, 0.85), rng.uniform(0.3, 0.75))
+    sofa = builder.new_instance(SOFA)
+    pieces = [  # (centre in the sofa's frame, size, shade), metres
+        ([0, 0.05, 0.22], [w - 0.3, dep - 0.1, 0.44], 1.0),  # seat
+        ([0, -dep / 2 + 0.1, 0.45], [w, 0.2, 0.9], 0.9),  # back
+        *(([sx * (w / 2 - 0.075), 0.05, 0.3], [0.15, dep - 0.1, 0.6], 0.95) for sx in (-1, 1)),  # arms
+    ]
+    for offset, size, shade in pieces:
+        center = axes.T @ np.asarray(offset, dtype=float)
+        position = [spot[0] + center[0], spot[1] + center[1], center[2]]
+        builder.box(SOFA, sofa, color * shade, position, size, angle, TEX_FABRIC)
+
+
+def _add_plant(builder: _Builder, rng: np.random.Generator, plan: _FloorPlan) -> None:
+    """A potted plant (a pot and one or two foliage spheres) at a free spot; nothing when none is found."""
+    spot = plan.free_spot(rng, 0.4)
+    if spot is None:
+        return
+    plant = builder.new_instance(PLANT)
+    pot_h, pot_w = rng.uniform(0.25, 0.45), rng.uniform(0.22, 0.35)
+    builder.box(
+        PLANT, plant, [0.62, 0.32, 0.18], [*spot, pot_h / 2], [pot_w, pot_w, pot_h], rng.uniform(0, 1)
+    )
+    green = _hsv(rng.uniform(0.22, 0.38), rng.uniform(0.5, 0.85), rng.uniform(0.3, 0.6))
+    radius = rng.uniform(0.2, 0.35)
+    builder.add(
+        "sphere", PLANT, plant, green, TEX_FOLIAGE, center=[*spot, pot_h + radius * 0.85], radius=radius
+    )
+    if rng.random() < 0.5:
+        r2 = radius * rng.uniform(0.6, 0.85)
+        center = [spot[0] + rng.uniform(-0.1, 0.1), spot[1], pot_h + radius * 1.6 + r2 * 0.5]
+        builder.add("sphere", PLANT, plant, green * 1.1, TEX_FOLIAGE, center=center, radius=r2)
+
+
+def _person_spot(rng: np.random.Generator, plan: _FloorPlan) -> np.ndarray:
+    """Where a person stands (x, y): a free spot 2-4.5 m away, else 1.6-6 m away, else (a crowded room)
+    3 m straight ahead of the camera regardless."""
+    spot = plan.free_spot(rng, 0.4, near=2.0, far=4.5)
+    if spot is None:
+        spot = plan.free_spot(rng, 0.3, near=1.6, far=6.0)
+    if spot is None:
+        view = plan.view
+        spot = view.position[:2] + 3.0 * np.array([np.sin(view.yaw), np.cos(view.yaw)])
+    return spot
+
+
+def _add_persons(
+    builder: _Builder, rng: np.random.Generator, plan: _FloorPlan, num_persons: int | None
+) -> None:
+    """``num_persons`` people (0, 1 or 2 at random when None), each roughly facing the camera."""
     if num_persons is None:
         num_persons = int(rng.choice(3, p=[0.2, 0.55, 0.25]))
+    camera = plan.view.position
     for _ in range(num_persons):
-        spot = free_spot(0.4, near=2.0, far=4.5)
-        if spot is None:
-            spot = free_spot(0.3, near=1.6, far=6.0)
-        if spot is None:  # a crowded room: stand in the middle of the view regardless
-            spot = cam[:2] + 3.0 * np.array([np.sin(yaw), np.cos(yaw)])
-        facing = np.arctan2(cam[0] - spot[0], cam[1] - spot[1]) + rng.uniform(-0.9, 0.9)
+        spot = _person_spot(rng, plan)
+        facing = np.arctan2(camera[0] - spot[0], camera[1] - spot[1]) + rng.uniform(-0.9, 0.9)
         _person(builder, rng, spot, -facing)
 
-    light = np.array([rng.uniform(x_lo + 0.5, x_hi - 0.5), rng.uniform(1.0, room_d - 1.0), room_h - 0.15])
+
+def sample_layout(rng: np.random.Generator, num_persons: int | None = None) -> Layout:
+    """Draw a random room, camera, furniture and ``num_persons`` people (random 0-2 when None).
+
+    The draws come in this order (a scene is reproducible only as long as it is kept): room, camera,
+    floor, ceiling and walls, 0-2 cabinets (a TV on one of them, else perhaps on the wall), 0-2 tables,
+    perhaps a sofa, 0-2 potted plants, the people, the light, the sensor noise.
+    """
+    builder = _Builder()
+    room = _sample_room(rng)
+    view = _sample_view(rng, room)
+    _add_floor(builder, rng)
+    _add_ceiling_and_walls(builder, rng, room)
+    plan = _FloorPlan(room, view)
+    tv_placed = False
+    for _ in range(rng.integers(0, 3)):
+        if _add_cabinet(builder, rng, plan, tv_allowed=not tv_placed):
+            tv_placed = True
+    if not tv_placed and rng.random() < 0.4:
+        _add_wall_tv(builder, rng, room)
+    for _ in range(rng.integers(0, 3)):
+        _add_table(builder, rng, plan)
+    if rng.random() < 0.5:
+        _add_sofa(builder, rng, plan)
+    for _ in range(rng.integers(0, 3)):
+        _add_plant(builder, rng, plan)
+    _add_persons(builder, rng, plan, num_persons)
+    light = np.array(
+        [
+            rng.uniform(room.x_lo + 0.5, room.x_hi - 0.5),
+            rng.uniform(1.0, room.depth - 1.0),
+            room.height - 0.15,
+        ]
+    )
     return Layout(
-        focal_fraction=float(0.5 / np.tan(hfov / 2)),
-        cam_position=cam,
-        cam_rotation=_camera_rotation(yaw, pitch),
+        focal_fraction=float(0.5 / np.tan(view.hfov / 2)),
+        cam_position=view.position,
+        cam_rotation=_camera_rotation(view.yaw, view.pitch),
         light=light,
         primitives=builder.primitives,
         instance_class=builder.instance_class,
