@@ -14,12 +14,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tiger.training.balancing import FAMO, FixedWeights, GradNorm, UncertaintyWeighting, mean_over_processes
+from tiger.options import OptionError
 from tiger.tasks import make_task
 
 # Lightning and Hydra are imported inside the tests that use them: the DDP test's spawned processes
 # import this module and need only torch and tiger.training.balancing.
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 FAST = [
     "model.net.instructions.encoder=null",
     "data.datamodule.synthetic.num_train=8",
@@ -49,22 +50,31 @@ def as_losses(balancer, values, requires_grad=False):
 # ---------------------------------------------------------------- fixed: today's eq. 14, exactly
 
 
-def test_fixed_weights_equal_todays_loss_exactly():
+def test_the_balancer_forms_eq_14_from_the_terms():
     from hydra.utils import instantiate
 
     config = compose_config("model.loss.lambda_cf=0.5", "data.tasks=[semseg,depth,normals,edge]")
     torch.manual_seed(0)
     module = instantiate(config.model, _convert_="all")
-    assert isinstance(module.balancer, FixedWeights)
+    assert isinstance(module.balancer, FixedWeights) and module.balancer.lambda_cf == 0.5
     datamodule = instantiate(config.data.datamodule, _convert_="all")
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     output = module.net(batch["image"])
-    counterfactual = module.net.counterfactual(output, module.removal, module.criterion.eps)
-    terms = module.criterion(output, module._targets(batch), counterfactual)  # today's total: terms["loss"]
-    assert "cf" in terms and module.net.tasks[3].weight == 50.0
-    assert torch.equal(module.balanced_loss(terms, output.fused), terms["loss"])
+    counterfactual = module.net.counterfactual(output, module.loss_config.removal, module.loss_config.eps)
+    terms = module.criterion(output, module._targets(batch), counterfactual)
+    assert set(terms) == {"semseg", "depth", "normals", "edge", "cf"}  # terms only, never a total
+    by_hand = terms["semseg"] + terms["depth"] + 10 * terms["normals"] + 50 * terms["edge"] + 0.5 * terms["cf"]
+    torch.testing.assert_close(module.balancer(terms, output.fused), by_hand)
     assert module.balancer.weights_by_task() == {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
+    # every balancer adds lambda_cf L_cf to its weighted task losses, whatever its weights
+    for kind in (FAMO, GradNorm, UncertaintyWeighting):
+        balancer = kind(module.net.tasks, lambda_cf=0.5)
+        task_part = balancer({name: terms[name] for name in balancer.task_names}, output.fused)
+        total = kind(module.net.tasks, lambda_cf=0.5)(terms, output.fused)
+        torch.testing.assert_close(total, task_part + 0.5 * terms["cf"])
+    with pytest.raises(KeyError, match=r"but got terms \['flow'\]"):
+        module.balancer({**terms, "flow": terms["cf"]})
 
 
 # ---------------------------------------------------------------- FAMO
@@ -131,9 +141,9 @@ def test_famo_needs_its_forward_before_the_update_and_checks_options():
         famo.after_step(as_losses(famo, [1.0, 1.0]))
     with pytest.raises(KeyError, match="depth"):
         famo({"semseg": torch.tensor(1.0)})
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(OptionError, match="^lr must be > 0, got -0.1$"):
         FAMO(tasks("semseg"), lr=-0.1)
-    with pytest.raises(TypeError, match="alpha"):
+    with pytest.raises(OptionError, match="^alpha must be a number, got 'high'"):
         GradNorm(tasks("semseg"), alpha="high")
 
 

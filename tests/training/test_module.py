@@ -10,41 +10,34 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tiger.training.module import TigerModule, check_finite
 from tiger.metrics.boundary_matching import NUM_GT
 from tiger.options import OptionError
+from tiger.training.balancing import FAMO
+from tiger.training.losses import LossConfig
+from tiger.training.module import TigerModule, check_finite
 
-NET = {
-    "experts": {"clip": {"name": "clip_tiny"}},
-    "tasks": ["semseg", "depth"],
-    "grid": [2, 2],
-    "num_semseg_classes": 3,
-    "instructions": {"encoder": None},
-    "dim": 32,
-    "rank": 4,
-    "hyper_hidden": 16,
-    "query_width": 16,
-    "num_heads": 4,
-    "decoder_width": 32,
-}
 ADAMW = functools.partial(torch.optim.AdamW, lr=1e-3)
 
 
-def module(**changes) -> TigerModule:
-    torch.manual_seed(0)
-    arguments = {"net": NET, "loss": {}, "optimizer": ADAMW, "scheduler": None, "dataset": "synthetic"}
-    return TigerModule(**{**arguments, **changes})
+@pytest.fixture(scope="module")
+def module(tiny_config):
+    def build(**changes) -> TigerModule:
+        torch.manual_seed(0)
+        arguments = {
+            "net": tiny_config(),
+            "loss": LossConfig(),
+            "optimizer": ADAMW,
+            "scheduler": None,
+            "dataset": "synthetic",
+        }
+        return TigerModule(**{**arguments, **changes})
+
+    return build
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"loss": {"tau": 0}}, r"^loss.tau must be > 0, got 0$"),
-        ({"loss": {"lambda_cf": -1}}, r"^loss.lambda_cf must be >= 0, got -1$"),
-        ({"loss": {"removal": "drop"}}, r"^loss.removal must be one of 'subtract', 'renormalize', 'mean'"),
-        ({"net": {**NET, "grid": [4.5, 5]}}, r"^net.grid must be 2 integers"),
-        ({"net": {**NET, "dim": 30}}, r"^net.num_heads must divide dim=30, got 4$"),
-        ({"net": {**NET, "task_weights": {"depth": -1}}}, r"^net.task_weights.depth must be >= 0"),
         ({"optimizer": functools.partial(torch.optim.AdamW, lr=0.0)}, r"^optimizer.lr must be > 0, got 0.0$"),
         ({"optimizer": functools.partial(torch.optim.AdamW, betas=(0.9, 2.0))}, r"^optimizer is not.*beta"),
         ({"optimizer": functools.partial(torch.optim.SGD, momentum=-1)}, r"^optimizer is not.*momentum"),
@@ -52,30 +45,39 @@ def module(**changes) -> TigerModule:
         ({"scheduler": {"warmup_steps": -1}}, r"^scheduler.warmup_steps must be >= 0, got -1$"),
         ({"scheduler": {"power": -0.9}}, r"^scheduler.power must be >= 0, got -0.9$"),
         ({"scheduler": {"warmup": 10}}, r"^scheduler.warmup is not an option"),
+        ({"balancer": "famo"}, r"^balancer must be a balancer config, got 'famo': .* balancer=famo"),
+        ({"balancer": functools.partial(FAMO, lr=-1.0)}, r"^balancer.lr must be > 0, got -1.0$"),
     ],
 )  # fmt: skip
-def test_options_are_checked_where_they_enter(changes, message):
+def test_options_are_checked_where_they_enter(module, changes, message, monkeypatch):
+    import tiger.training.module
+
+    if "balancer" not in changes or isinstance(changes["balancer"], str):  # before any expert is built
+
+        def no_model(*args, **kwargs):
+            raise AssertionError("the model was built before the options were checked")
+
+        monkeypatch.setattr(tiger.training.module, "build_tiger", no_model)
     with pytest.raises(OptionError, match=message):
         module(**changes)
 
 
+def test_the_configs_must_be_typed(module, tiny_config):
+    with pytest.raises(TypeError, match="takes a TigerConfig and a LossConfig, got dict and LossConfig"):
+        module(net=tiny_config().to_dict())
+
+
 def test_check_finite_names_the_step_and_the_term():
-    finite = {"depth": torch.tensor(0.5), "cf": torch.tensor(0.1), "loss": torch.tensor(0.6)}
-    check_finite(finite, 3)
-    terms = {
-        "semseg": torch.tensor(1.0),
-        "depth": torch.tensor(float("nan")),
-        "loss": torch.tensor(float("nan")),
-    }
+    check_finite(torch.tensor(0.6), {"depth": torch.tensor(0.5), "cf": torch.tensor(0.1)}, 3)
+    terms = {"semseg": torch.tensor(1.0), "depth": torch.tensor(float("nan"))}
     with pytest.raises(FloatingPointError, match=r"^step 17: train loss term 'depth' is nan; stopping"):
-        check_finite(terms, 17)
-    terms = {"depth": torch.tensor(float("inf")), "cf": torch.tensor(float("nan")), "loss": torch.tensor(1.0)}
-    check_finite(terms, 1)  # only the total decides; it is finite
-    terms["loss"] = torch.tensor(float("inf"))
+        check_finite(torch.tensor(float("nan")), terms, 17)
+    terms = {"depth": torch.tensor(float("inf")), "cf": torch.tensor(float("nan"))}
+    check_finite(torch.tensor(1.0), terms, 1)  # only the total decides; it is finite
     with pytest.raises(FloatingPointError, match=r"^step 1: train loss terms 'depth' is inf, 'cf' is nan;"):
-        check_finite(terms, 1)
+        check_finite(torch.tensor(float("inf")), terms, 1)
     with pytest.raises(FloatingPointError, match=r"^step 2: train loss term 'loss' is inf;"):
-        check_finite({"depth": torch.tensor(1.0), "loss": torch.tensor(float("inf"))}, 2)
+        check_finite(torch.tensor(float("inf")), {"depth": torch.tensor(1.0)}, 2)
 
 
 class TwoProcesses:
@@ -89,9 +91,8 @@ class TwoProcesses:
 
 
 def test_every_process_stops_when_one_loss_is_not_finite():
-    finite = {"depth": torch.tensor(0.5), "loss": torch.tensor(0.5)}
     with pytest.raises(FloatingPointError, match=r"^step 4: the loss of another process is not finite"):
-        check_finite(finite, 4, TwoProcesses())
+        check_finite(torch.tensor(0.5), {"depth": torch.tensor(0.5)}, 4, TwoProcesses())
 
 
 class Batches(Dataset):
@@ -112,7 +113,7 @@ class Batches(Dataset):
         return {"image": torch.rand(3, 32, 32, generator=g), "depth": depth, "semseg": semseg}
 
 
-def test_training_stops_at_the_first_non_finite_loss():
+def test_training_stops_at_the_first_non_finite_loss(module):
     tiger = module()
     trainer = L.Trainer(
         max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -123,23 +124,8 @@ def test_training_stops_at_the_first_non_finite_loss():
     assert trainer.global_step == 2  # steps 0 and 1 ran; nothing was stepped with the NaN
 
 
-EDGE_NET = dict(
-    experts={"dinov2": {"name": "dinov2_tiny"}},
-    tasks=["edge"],
-    grid=(3, 4),
-    instructions={"encoder": None},
-    dim=32,
-    rank=4,
-    hyper_hidden=16,
-    query_width=16,
-    num_heads=4,
-    decoder_width=32,
-)
-
-
-def test_validation_scores_boundaries_against_the_seism_ground_truth():
-    torch.manual_seed(0)
-    module = TigerModule(EDGE_NET, {}, functools.partial(torch.optim.AdamW, lr=1e-4), None, "synthetic")
+def test_validation_scores_boundaries_against_the_seism_ground_truth(module, tiny_config):
+    module = module(net=tiny_config(("dinov2_tiny",), ("edge",), (3, 4)))
     edge = torch.zeros(1, 40, 48)
     edge[0, 20, :] = 1.0  # the training target: one horizontal line
     seism = torch.zeros(1, 40, 48, dtype=torch.uint8)

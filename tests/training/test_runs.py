@@ -20,7 +20,7 @@ from tiger.training.runs import (
     run_markers,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, step: int, mtime: int) -> Path:

@@ -147,16 +147,23 @@ def subsets(experts: int) -> Tensor:
     return ((codes[:, None] >> torch.arange(experts)) & 1).float()
 
 
-def shapley_matrix(experts: int) -> Tensor:
-    """C (M, 2^M) with phi_k = sum_s C[k, s] L(s): +w(|s|) where k is not in s, -w(|s| - 1) where it is,
-    w(j) = j! (M - j - 1)! / M!."""
-    present = subsets(experts)  # (S, M)
-    size = present.sum(1)  # |s|
-    weight = torch.tensor([math.factorial(j) * math.factorial(experts - j - 1) / math.factorial(experts)
-                           for j in range(experts)], dtype=torch.float64)  # fmt: skip
-    without = weight[size.long().clamp_max(experts - 1)]  # w(|s|), used where k is not in s
-    within = weight[(size.long() - 1).clamp_min(0)]  # w(|s| - 1), used where k is in s
-    return torch.where(present.T.bool(), -within[None], without[None])
+def shapley_pairs(experts: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The terms of phi_k = sum_{s without k} w(|s|) [L(s) - L(s + k)], w(j) = j! (M - j - 1)! / M!.
+
+    Returns ``without``, ``joined`` (M, 2^(M-1)) subset codes (bit k of a code: expert k present) and their
+    weights (M, 2^(M-1)) float64. Each term is a difference of two losses, so an expert whose joining never
+    changes a loss gets exactly 0.
+    """
+    codes = torch.arange(2**experts)
+    without, joined, weights = [], [], []
+    for k in range(experts):
+        free = codes[(codes >> k) & 1 == 0]
+        size = subsets(experts)[free].sum(1).long()
+        without.append(free)
+        joined.append(free | (1 << k))
+        weights.append(torch.tensor([math.factorial(j) * math.factorial(experts - j - 1) for j in size.tolist()]))
+    weight = torch.stack(weights).double() / math.factorial(experts)
+    return torch.stack(without), torch.stack(joined), weight
 
 
 @torch.no_grad()
@@ -189,7 +196,9 @@ def shapley_credit(
         present = subsets(experts).to(device)
         tasks, effects = _effects(model, output, targets, 1.0 - present, removal, eps, chunk)
         delta = effects.delta.double()  # L(s) - L(the forward pass), (B, T', S, N)
-        phi = torch.einsum("ks,btsn->btkn", shapley_matrix(experts).to(device), delta)
+        without, joined, weight = (x.to(device) for x in shapley_pairs(experts))
+        gains = delta[:, :, without] - delta[:, :, joined]  # (B, T', M, 2^(M-1), N)
+        phi = (weight[None, None, :, :, None] * gains).sum(3)
         total = delta[:, :, 0] - delta[:, :, -1]  # L(none) - L(all)
         return Credit([t.name for t in tasks], phi.float(), None, effects.valid, total.float())
     orders = torch.stack([torch.randperm(experts, generator=generator) for _ in range(permutations)])
