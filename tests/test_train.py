@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
-from tiger.model.build import plain_config
+from tiger.model.checkpoint import CheckpointError
 from tiger.options import OptionError
+from tiger.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -33,7 +34,7 @@ def tiny_stand_in(spec: dict) -> dict:
     """A small expert for a configured one: the tiny random versions of the real families, and the study's
     own experts untrained (nothing is pretrained into the user's cache)."""
     if spec["name"].startswith("study_"):
-        return {"name": spec["name"], "weights": None}
+        return {**spec, "weights": None}
     return {"name": TINY[spec["name"]]}
 
 
@@ -50,6 +51,8 @@ FAST = [
 
 
 def run_train(*overrides: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m tiger.train``: only for what the command line itself does (Hydra's launchers, signals,
+    several processes); every other run is composed and trained in-process (``compose_train``)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "tiger.train", *overrides]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -61,101 +64,89 @@ def experiment_names() -> list[str]:
     return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def compose_config(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-
 @pytest.mark.parametrize("experiment", experiment_names())
-def test_every_experiment_composes_and_instantiates(experiment, monkeypatch, tmp_path):
+def test_every_experiment_composes_and_instantiates(experiment, monkeypatch, tmp_path, compose_train):
     monkeypatch.setenv("TIGER_DATA", str(tmp_path))  # the data module only resolves the root here
-    cfg = compose_config(f"experiment={experiment}")
+    cfg = compose_train(f"experiment={experiment}")
     assert cfg.experts and cfg.data.tasks and cfg.trainer.max_steps > 0
     sweep = cfg.hydra.sweeper.get("params") or {}
     variants = [[]] + [[f"{group}={value}"] for group, values in sweep.items() for value in values.split(",")]
     for variant in variants[:: max(1, len(variants) - 1)]:  # the base config and the last sweep value
-        cfg = compose_config(f"experiment={experiment}", *variant)
-        net = plain_config(cfg.model.net)
-        # tiny stand-ins for the pretrained experts, a small grid, and the real model options
-        net["experts"] = {role: tiny_stand_in(spec) for role, spec in net["experts"].items()}
-        net["grid"] = [2, 3]
-        module_cfg = {**plain_config(cfg.model), "net": net, "dataset": "synthetic"}
-        module = instantiate(module_cfg, _convert_="all")
+        cfg = compose_train(f"experiment={experiment}", *variant)
+        with open_dict(cfg):  # tiny stand-ins for the pretrained experts, a small grid, the real options
+            cfg.experts = {role: tiny_stand_in(spec) for role, spec in OmegaConf.to_container(cfg.experts).items()}
+            cfg.data.grid = [2, 3]
+            cfg.model.dataset = "synthetic"
+        module = instantiate(cfg.model, _convert_="all")
         assert module.net.task_names == list(cfg.data.tasks)
         assert module.net.grid == (2, 3)
-        lambda_cf = module.criterion.lambda_cf
-        assert lambda_cf == cfg.model.loss.lambda_cf
+        assert module.balancer.lambda_cf == cfg.model.loss.lambda_cf
+        assert module.loss_config.target == cfg.model.loss.target
         trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, precision="32-true", logger=False)
         assert trainer.max_steps == cfg.trainer.max_steps
         datamodule = instantiate(cfg.data.datamodule, _convert_="all")
         assert datamodule.num_semseg_classes == cfg.data.num_semseg_classes
 
 
-def test_ablation_rows_switch_the_components():
+def test_ablation_rows_switch_the_components(compose_train):
     rows = {}
     for ablation in ("t3_1_routing", "t3_2_instructions", "t3_4_task_interaction", "t3_5_counterfactual"):
-        cfg = compose_config("experiment=nyud_table3", f"ablation={ablation}")
+        cfg = compose_train("experiment=nyud_table3", f"ablation={ablation}")
         net, loss = cfg.model.net, cfg.model.loss
-        rows[ablation] = (
-            net.instructions.encoder,
-            net.expert_interaction,
-            net.task_interaction,
-            loss.lambda_cf,
-        )
+        rows[ablation] = (net.instructions.encoder, net.expert_interaction, net.task_interaction, loss.lambda_cf)
     assert rows["t3_1_routing"] == (None, False, False, 0.0)
     assert rows["t3_2_instructions"][0] == "all-MiniLM-L6-v2"
     assert rows["t3_4_task_interaction"] == ("all-MiniLM-L6-v2", True, True, 0.0)
     assert rows["t3_5_counterfactual"][3] > 0
-    assert compose_config("experiment=nyud_vfm_baselines", "experts=dinov2_l14").experts.keys() == {"dinov2"}
+    assert compose_train("experiment=nyud_vfm_baselines", "experts=dinov2_l14").experts.keys() == {"dinov2"}
 
 
-def test_unknown_config_key_or_value_fails_with_hydras_message(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for override, message in (
-        ("model.net.no_such_key=1", "no_such_key"),
-        ("experiment=nyud_tiger_x", "nyud_tiger_x"),
-    ):
-        result = subprocess.run(
-            [sys.executable, "-m", "tiger.train", override],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode != 0 and message in result.stderr
+def test_unknown_config_key_or_value_fails_with_hydras_message(compose_train):
+    from hydra.errors import ConfigCompositionException
+
+    for override, message in (("model.net.no_such_key=1", "no_such_key"), ("experiment=nyud_tiger_x", "nyud_tiger_x")):
+        with pytest.raises(ConfigCompositionException, match=message):
+            compose_train(override)
 
 
-def test_option_errors_name_the_key_the_user_sets():
+def test_option_errors_name_the_key_the_user_sets(compose_train):
     from tiger.train import instantiate_option, user_key
 
-    cfg = compose_config("data.grid=[4.5,5]")
+    cfg = compose_train("data.grid=[4.5,5]")
     assert user_key(cfg, "model.net.grid") == "data.grid"  # model.net.grid is ${data.grid}
     assert user_key(cfg, "model.net.task_weights.edge") == "data.task_weights.edge"
     assert user_key(cfg, "model.net.experts.sam.seed") == "experts.sam.seed"
     assert user_key(cfg, "data.datamodule.tasks") == "data.tasks"
     assert user_key(cfg, "model.loss.tau") == "model.loss.tau"
-    with pytest.raises(OptionError, match=r"^data.grid must be 2 integers \(H, W\) >= 1, got \[4.5, 5\]"):
-        instantiate_option(cfg, "model")
-    with pytest.raises(OptionError, match=r"^model.loss.tau must be > 0, got 0$"):
-        instantiate_option(compose_config("model.loss.tau=0"), "model")
-    with pytest.raises(OptionError, match=r"^data.datamodule.batch_size must be >= 1, got 0$"):
-        instantiate_option(compose_config("data.datamodule.batch_size=0"), "data.datamodule")
+    cases = [
+        (["data.grid=[4.5,5]"], "model", r"^data.grid must be 2 integers \(H, W\) >= 1, got \[4.5, 5\]"),
+        (["model.loss.tau=0"], "model", r"^model.loss.tau must be > 0, got 0$"),
+        (["model.loss.target=softmax"], "model", r"^model.loss.target must be one of 'zscore', 'positive'"),
+        (["model.net.dim=30"], "model", r"^model.net.num_heads must divide dim=30, got 4$"),
+        (["+model.net.instructions.texts={depth: ''}"], "model", r"^model.net.instructions.texts.depth must be a"),
+        (["data.task_weights.depth=-1"], "model", r"^data.task_weights.depth must be >= 0, got -1$"),
+        (["+experts.sam.pos_embed_antialias=no"], "model", r"^experts.sam.pos_embed_antialias must be true or"),
+        (["model.balancer=famo"], "model", r"^model.balancer must be a balancer config, got 'famo'.*balancer=famo"),
+        (["balancer=famo", "model.balancer.lr=0"], "model", r"^model.balancer.lr must be > 0, got 0"),
+        (["data.datamodule.batch_size=0"], "data.datamodule", r"^data.datamodule.batch_size must be >= 1, got 0$"),
+        (["callbacks.routing.removals=[drop]"], "callbacks.routing", r"^callbacks.routing.removals must be one of"),
+    ]  # fmt: skip
+    for overrides, key, message in cases:
+        with pytest.raises(OptionError, match=message):
+            instantiate_option(compose_train(*overrides), key)
 
 
-def test_a_fractional_grid_stops_the_run_at_once(tmp_path, offline_env):
+def test_a_fractional_grid_stops_the_run_at_once(tmp_path, compose_train):
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "tiger.train", "data.grid=[4.5,5]", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env={**offline_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=240,
-    )  # fmt: skip
-    expected = "data.grid must be 2 integers (H, W) >= 1, got [4.5, 5] (4.5 is not an integer >= 1)"
-    assert result.returncode != 0 and expected in result.stderr, result.stderr[-3000:]
+    expected = r"^data.grid must be 2 integers \(H, W\) >= 1, got \[4.5, 5\] \(4.5 is not an integer >= 1\)"
+    with pytest.raises(OptionError, match=expected):
+        train(compose_train("data.grid=[4.5,5]", output_dir=run_dir))
     assert not (run_dir / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
+    """The embedded default, shortened, through the command line (the one end-to-end run of ``python -m``)."""
     base = tmp_path_factory.mktemp("run")
     run_dir = base / "out"
     result = run_train(*FAST, f"hydra.run.dir={run_dir}", cwd=base)
@@ -178,13 +169,14 @@ def test_end_to_end_training_writes_results_checkpoint_and_figure(trained_run):
     ]
     assert not any(".experts." in key for key in checkpoint["state_dict"])
     assert "net.task_representation.instruction_embeddings" in checkpoint["state_dict"]
-    usage = results["expert_usage"]
+    usage = results["routing"]["usage"]
     assert all(sum(row.values()) == pytest.approx(1.0, abs=1e-4) for row in usage.values())
+    assert [entry["step"] for entry in results["routing_history"]] == [0, 1, 2, 3]  # every log_every_n_steps
     metrics_csv = (trained_run / "csv" / "metrics.csv").read_text()
-    assert "train/cf" in metrics_csv and "val/semseg/mIoU" in metrics_csv
+    assert "train/cf" in metrics_csv and "val/semseg/mIoU" in metrics_csv and "val/usage/depth/sam_tiny" in metrics_csv
 
 
-def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path):
+def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path, compose_train):
     from tiger.model.checkpoint import check_fits as check_compatible
 
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
@@ -197,20 +189,17 @@ def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path)
         check_compatible(checkpoint, identity)
     with pytest.raises(ValueError, match="not a TIGER checkpoint"):
         check_compatible({"state_dict": {}}, identity)
-    # through the entry point: resume the 6-task run with two tasks
-    result = subprocess.run(
-        [sys.executable, "-m", "tiger.train", *FAST, f"ckpt_path={trained_run}", "data.tasks=[semseg,depth]",
-         f"hydra.run.dir={tmp_path / 'other'}"],
-        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert result.returncode != 0 and "tasks: checkpoint" in result.stderr
+    # through train(): resume the 6-task run with two tasks
+    cfg = compose_train(*FAST, f"ckpt_path={trained_run}", "data.tasks=[semseg,depth]", output_dir=tmp_path / "other")
+    with pytest.raises(CheckpointError, match="tasks: checkpoint"):
+        train(cfg)
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     first = tmp_path / "first"
     overrides = [*FAST, "trainer.max_steps=30", "trainer.val_check_interval=1000", "final_report=false"]
     overrides += ["callbacks.model_checkpoint.every_n_train_steps=3"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "tiger.train", *overrides, f"hydra.run.dir={first}"]
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -256,18 +245,6 @@ RESUME = [  # 3 batches an epoch, validation at steps 3 and 6, last.ckpt every 2
 ]
 
 
-def train_in_process(output_dir: Path, *overrides: str) -> dict:
-    from omegaconf import open_dict
-
-    from tiger.train import train
-
-    cfg = compose_config(*RESUME, f"paths.output_dir={output_dir}", *overrides)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as the task function sees it
-    output_dir.mkdir(parents=True)
-    return train(cfg)
-
-
 def train_losses(run_dir: Path) -> dict[int, float]:
     import csv
 
@@ -277,10 +254,10 @@ def train_losses(run_dir: Path) -> dict[int, float]:
         }
 
 
-def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, compose_train):
     from tiger.training.callbacks import LastCheckpoint
 
-    full = train_in_process(tmp_path / "full")
+    full = train(compose_train(*RESUME, output_dir=tmp_path / "full"))
     assert full["monitor"] == "val/depth/rmse" and set(full["metrics"]) == {"depth", "normals"}
 
     class Killed(Exception):
@@ -293,10 +270,10 @@ def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(tmp_path, monke
     with monkeypatch.context() as patch:
         patch.setattr(LastCheckpoint, "on_train_batch_start", kill_after_step_4, raising=False)
         with pytest.raises(Killed):
-            train_in_process(tmp_path / "first", "final_report=false")
+            train(compose_train(*RESUME, "final_report=false", output_dir=tmp_path / "first"))
     checkpoints = tmp_path / "first" / "checkpoints"
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
-    resumed = train_in_process(tmp_path / "second", f"ckpt_path={tmp_path / 'first'}")
+    resumed = train(compose_train(*RESUME, f"ckpt_path={tmp_path / 'first'}", output_dir=tmp_path / "second"))
 
     expected = train_losses(tmp_path / "full")
     assert len(expected) == 6
@@ -307,6 +284,7 @@ def test_killed_and_resumed_run_reproduces_the_uninterrupted_run(tmp_path, monke
     for task, values in full["metrics"].items():
         for name, value in values.items():
             assert resumed["metrics"][task][name] == pytest.approx(value, rel=1e-6, abs=1e-6), (task, name)
+    assert resumed["routing_history"] == full["routing_history"]  # kept in the checkpoint across the kill
 
 
 def test_multirun_gives_each_run_its_own_directory(tmp_path):
@@ -338,7 +316,7 @@ def test_multirun_gives_each_run_its_own_directory(tmp_path):
         assert entry["seeds"] == [42] and entry["usage"]["depth"]["clip_tiny"]["std"] == 0.0
 
 
-def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path):
+def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path, compose_train):
     # One image per batch on both sides: batches of other compositions change the logits by float
     # round-off, enough to flip boundary NMS on a barely trained model's near-flat maps.
     single_images = [*FAST, "data.datamodule.eval_batch_size=1"]
@@ -350,22 +328,20 @@ def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path):
     # the same checkpoint validated in one process
     import lightning as L
 
-    from tiger.data import MultiTaskDataModule
-    from tiger.training.module import TigerModule
+    from tiger.analysis.report import split_metrics
 
-    config = compose_config(*single_images)
+    config = compose_train(*single_images)
     datamodule = instantiate(config.data.datamodule, _convert_="all")
     module = instantiate(config.model, _convert_="all")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    trainer.validate(module, datamodule=datamodule, ckpt_path=results["checkpoint"], weights_only=True)
-    assert isinstance(datamodule, MultiTaskDataModule) and isinstance(module, TigerModule)
-    for task, values in module.last_val_results.items():
+    (logged,) = trainer.validate(module, datamodule=datamodule, ckpt_path=results["checkpoint"], weights_only=True)
+    for task, values in split_metrics(logged, module.net.task_names).items():
         for name, value in values.items():
             assert results["metrics"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, name)
 
 
-def test_an_experiment_sets_its_own_task_name_and_seed():
+def test_an_experiment_sets_its_own_task_name_and_seed(compose_train):
     # train.yaml's own keys come first in its defaults, so an experiment overrides them (outputs/<task_name>)
-    cfg = compose_config("experiment=study_temperature")
+    cfg = compose_train("experiment=study_temperature")
     assert cfg.task_name == "study_temperature" and cfg.seed == 0
-    assert compose_config().task_name == "train" and compose_config().seed == 42
+    assert compose_train().task_name == "train" and compose_train().seed == 42

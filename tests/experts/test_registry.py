@@ -58,7 +58,7 @@ USER_MODULE = """
     import torch
     from torch import nn
 
-    from tiger.experts import Expert, register_expert
+    from tiger.experts import ModuleExpert, register_expert
     from tiger.experts.base import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -66,7 +66,8 @@ USER_MODULE = """
     def user_patches(weights=None, width=6, **options):
         backbone = nn.Conv2d(3, width, 8, stride=8)
         torch.nn.init.constant_(backbone.weight, 0.01)
-        return Expert(backbone, name="user_patches", patch_size=8, channels=width, mean=IMAGENET_MEAN,
+        torch.nn.init.zeros_(backbone.bias)
+        return ModuleExpert(backbone, name="user_patches", patch_size=8, channels=width, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, identity={"name": "user_patches", "weights": weights, "width": width})
 """
 

@@ -100,6 +100,14 @@ class Expert(nn.Module):
         return f"name={self.name!r}, patch_size={self.patch_size}, channels={self.channels}"
 
 
+class ModuleExpert(Expert):
+    """Any feature extractor as a frozen expert: ``backbone`` maps normalised images (B, 3, H p, W p) to a
+    feature map (B, C, H, W) (a CNN's output at total stride p, a ViT's patch tokens as a map, ...)."""
+
+    def extract(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+        return self.backbone(pixels)
+
+
 def check_grid(grid: Sequence[int], images: Tensor) -> tuple[int, int]:
     """Validate images (B, 3, H0, W0) and a token grid (H, W) the image can fill; returns (H, W)."""
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:

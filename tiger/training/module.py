@@ -79,7 +79,8 @@ class TigerModule(L.LightningModule):
         self.scheduler_options = check_scheduler(dict(scheduler)) if scheduler else None
         check_optimizer(optimizer)
         check_balancer(balancer)
-        self.net = build_tiger(net)
+        with option_prefix("net"):
+            self.net = build_tiger(net)
         self.criterion = TigerLoss(self.net.tasks, loss)
         with option_prefix("balancer"):
             self.balancer = (balancer or FixedWeights)(self.net.tasks, lambda_cf=loss.lambda_cf)
