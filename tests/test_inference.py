@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tiger.analysis.routing import counterfactual_importance, expert_usage, routing_agreement
+from tiger.analysis.routing import RoutingStatistics, counterfactual_importance, mean_usage, shapley_credit
 from tiger.model.checkpoint import read_checkpoint
 from tiger.experts import ExpertWeightsError
 from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
@@ -112,12 +112,12 @@ def test_routing_report_usage_and_agreement(predictor: Predictor) -> None:
     report = predictor.routing_report(images)
     with torch.no_grad():
         output = predictor.model(images)
-    expected = expert_usage(output.alpha, predictor.task_names, predictor.expert_names)
+    expected = mean_usage(output.alpha, predictor.task_names, predictor.expert_names)
     for task in predictor.task_names:
         assert sum(report.usage[task].values()) == pytest.approx(1.0, abs=1e-6)
         for expert in predictor.expert_names:
             assert report.usage[task][expert] == pytest.approx(expected[task][expert], abs=1e-6)
-    assert report.agreement is None and predictor.expert_names[0] in str(report)
+    assert report.agreement is None and report.shapley is None and predictor.expert_names[0] in str(report)
 
     # targets for every task; depth has no valid pixel in the first token column (16 pixels wide)
     generator = torch.Generator().manual_seed(2)
@@ -131,24 +131,33 @@ def test_routing_report_usage_and_agreement(predictor: Predictor) -> None:
     }
     targets["depth"][..., :16] = 0.0
     report = predictor.routing_report(images, targets)
-    options = {k: v for k, v in predictor.loss_options.items() if k in ("removal", "tau", "eps")}
-    _, p, valid = counterfactual_importance(predictor.model, output, targets, **options)
-    expected = routing_agreement(output.alpha, p, valid, predictor.task_names)
+    config = predictor.loss_config
+    expected_statistics = RoutingStatistics(predictor.task_names, predictor.expert_names, [config.removal], True)
+    expected_statistics.update(
+        output.alpha,
+        {config.removal: counterfactual_importance(predictor.model, output, targets, config)},
+        shapley_credit(predictor.model, output, targets, config.removal),
+    )
+    expected_summary = expected_statistics.compute()
+    expected = expected_summary["target_agreement"][config.removal]
     assert list(report.agreement) == predictor.task_names
+    for task, row in expected_summary["shapley"].items():
+        for key in ("spearman", "top1", "useless_mass", "tokens"):
+            assert report.shapley[task][key] == pytest.approx(row[key], abs=1e-6, nan_ok=True)
     assert report.agreement["depth"]["tokens"] == 3 * 4 * 4  # 3 images, 4 rows x 4 valid columns
     assert report.agreement["semseg"]["tokens"] == 3 * 4 * 5
     for task, row in expected.items():
-        for key, value in row.items():
-            assert report.agreement[task][key] == pytest.approx(value, abs=1e-6, nan_ok=True)
+        for key in ("jsd", "top1", "spearman", "tokens"):
+            assert report.agreement[task][key] == pytest.approx(row[key], abs=1e-6, nan_ok=True)
         assert 0.0 <= report.agreement[task]["jsd"] <= math.log(2)
-    assert "Spearman" in str(report)
+    assert "Spearman" in str(report) and "Shapley" in str(report)
 
     # targets for some tasks: the same numbers for those (the other tasks do not enter their Delta)
     partial = predictor.routing_report(images, {"depth": targets["depth"], "sal": targets["sal"]})
     assert list(partial.agreement) == ["depth", "sal"]
     for task in ("depth", "sal"):
-        for key, value in report.agreement[task].items():
-            assert partial.agreement[task][key] == pytest.approx(value, abs=1e-6, nan_ok=True)
+        for key in ("jsd", "top1", "spearman", "tokens"):
+            assert partial.agreement[task][key] == pytest.approx(report.agreement[task][key], abs=1e-6, nan_ok=True)
     with pytest.raises(ValueError, match="target 'depth' has shape"):
         predictor.routing_report(images, {"depth": targets["depth"][:, :, :32]})
 

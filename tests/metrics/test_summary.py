@@ -40,7 +40,10 @@ def test_build_metric_picks_the_metric_and_its_options():
     assert build_metric(make_task("edge"), "nyud").max_dist == 0.011
     assert build_metric(make_task("edge"), "pascal").max_dist == 0.0075
     assert isinstance(build_metric(make_task("edge"), "synthetic"), BoundaryF)
-    assert build_metric(make_task("sal"), "pascal", saliency_double_sigmoid=True).double_sigmoid
+    assert build_metric(make_task("sal", double_sigmoid=True), "pascal").double_sigmoid
+    assert build_metric(make_task("edge", workers=3), "pascal").workers == 3
+    with pytest.raises(TypeError, match="task 'depth' \\(Depth\\) has no option 'double_sigmoid'; its options: none"):
+        make_task("depth", double_sigmoid=True)
     assert isinstance(build_metric(make_task("sal"), "pascal"), SaliencyMaxF)
     assert isinstance(build_metric(make_task("normals"), "nyud"), NormalsError)
     assert isinstance(build_metric(make_task("depth"), "nyud"), DepthRMSE)

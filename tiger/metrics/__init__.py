@@ -10,22 +10,18 @@ from tiger.metrics.summary import MAIN_METRIC, format_table, main_values, multi_
 from tiger.tasks import Task
 
 
-def build_metric(
-    task: Task, dataset: str, *, saliency_double_sigmoid: bool = False, boundary_workers: int = 1
-) -> Metric:
+def build_metric(task: Task, dataset: str) -> Metric:
     """The protocol metric of ``task`` on ``dataset`` (nyud, pascal or synthetic): the task entry's
     :meth:`tiger.tasks.Task.metric`.
 
     semseg / human_parts: :class:`MeanIoU` (``task.channels`` classes); sal: :class:`SaliencyMaxF`
-    (``saliency_double_sigmoid`` reproduces the InvPT-lineage quirk); edge: :class:`BoundaryF` with the
-    data set's tolerance (:data:`BOUNDARY_MAX_DIST`), ``boundary_workers`` processes per batch; normals:
-    :class:`NormalsError`; depth: :class:`DepthRMSE`.
+    (``make_task("sal", double_sigmoid=True)`` reproduces the InvPT-lineage quirk); edge: :class:`BoundaryF`
+    with the data set's tolerance (:data:`BOUNDARY_MAX_DIST`); normals: :class:`NormalsError`; depth:
+    :class:`DepthRMSE`.
     """
     if dataset not in BOUNDARY_MAX_DIST:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(BOUNDARY_MAX_DIST)}")
-    return task.metric(
-        dataset, saliency_double_sigmoid=saliency_double_sigmoid, boundary_workers=boundary_workers
-    )
+    return task.metric(dataset)
 
 
 __all__ = [
