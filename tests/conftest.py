@@ -33,7 +33,14 @@ for key, value in OFFLINE.items():
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-TINY_SIZES = {"dim": 32, "rank": 4, "hyper_hidden": 16, "query_width": 16, "num_heads": 4, "decoder_width": 32}
+TINY_SIZES = {
+    "dim": 32,
+    "rank": 4,
+    "hyper_hidden": 16,
+    "query_width": 16,
+    "num_heads": 4,
+    "decoder_width": 32,
+}
 """The smallest model sizes every check accepts (GroupNorm, heads, query width)."""
 
 TRAIN_OVERRIDES = (  # as small as a real run gets: 2 steps of 2 images, validation and a checkpoint each

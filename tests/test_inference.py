@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tiger.analysis.routing import RoutingStatistics, counterfactual_importance, mean_usage, shapley_credit
-from tiger.model.checkpoint import read_checkpoint
 from tiger.experts import ExpertWeightsError
 from tiger.inference import Prediction, Predictor, latest_checkpoint, load_model
+from tiger.model.checkpoint import read_checkpoint
 from tiger.tasks import NUM_HUMAN_PARTS
 
 
@@ -132,7 +132,9 @@ def test_routing_report_usage_and_agreement(predictor: Predictor) -> None:
     targets["depth"][..., :16] = 0.0
     report = predictor.routing_report(images, targets)
     config = predictor.loss_config
-    expected_statistics = RoutingStatistics(predictor.task_names, predictor.expert_names, [config.removal], True)
+    expected_statistics = RoutingStatistics(
+        predictor.task_names, predictor.expert_names, [config.removal], True
+    )
     expected_statistics.update(
         output.alpha,
         {config.removal: counterfactual_importance(predictor.model, output, targets, config)},
@@ -157,7 +159,9 @@ def test_routing_report_usage_and_agreement(predictor: Predictor) -> None:
     assert list(partial.agreement) == ["depth", "sal"]
     for task in ("depth", "sal"):
         for key in ("jsd", "top1", "spearman", "tokens"):
-            assert partial.agreement[task][key] == pytest.approx(report.agreement[task][key], abs=1e-6, nan_ok=True)
+            assert partial.agreement[task][key] == pytest.approx(
+                report.agreement[task][key], abs=1e-6, nan_ok=True
+            )
     with pytest.raises(ValueError, match="target 'depth' has shape"):
         predictor.routing_report(images, {"depth": targets["depth"][:, :, :32]})
 

@@ -8,6 +8,8 @@ import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+import pytest
+
 import tiger
 
 ROOT = Path(tiger.__file__).parent
@@ -30,7 +32,9 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets |= {alias.name for alias in node.names if alias.name.startswith("tiger")}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tiger"):
-                for alias in node.names:  # `from tiger.tasks import colors` names the module tiger.tasks.colors
+                for (
+                    alias
+                ) in node.names:  # `from tiger.tasks import colors` names the module tiger.tasks.colors
                     full = f"{node.module}.{alias.name}"
                     targets.add(full if full in modules else node.module)
         graph[name] = targets - {name}
@@ -51,6 +55,8 @@ LAYERS = {  # bottom to top: a module imports only modules of its own layer or b
     "tiger.train": 9,
     "tiger.predict": 9,
     "tiger.evaluate": 9,
+    "tiger.viz": 9,  # deprecated aliases of tiger.analysis.figures and .results
+    "tiger.results": 9,
     "tiger": 9,  # the root's names load from tiger.inference on first use
 }
 
@@ -70,7 +76,11 @@ def test_the_import_graph_has_no_cycle():
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as error:
         raise AssertionError(f"import cycle: {' -> '.join(error.args[1])}") from None
-    assert order.index("tiger.tasks") < order.index("tiger.training.losses") < order.index("tiger.training.module")
+    assert (
+        order.index("tiger.tasks")
+        < order.index("tiger.training.losses")
+        < order.index("tiger.training.module")
+    )
 
 
 def test_lower_layers_never_import_higher_ones():
@@ -114,3 +124,18 @@ def test_importing_the_tasks_or_the_root_loads_no_inference_stack_nor_matplotlib
     )
     assert result.stdout.strip() == "[]"
     assert tiger.load_model.__module__ == "tiger.inference"  # the root's names load on first use
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("tiger.viz", "tiger.analysis.figures"), ("tiger.results", "tiger.analysis.results")]
+)
+def test_moved_modules_keep_their_documented_imports_with_a_deprecation_warning(old, new):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+        alias = importlib.import_module(old)
+    moved = importlib.import_module(new)
+    name = "plot_routing" if old == "tiger.viz" else "gather"
+    assert getattr(alias, name) is getattr(moved, name)

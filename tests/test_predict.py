@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from tiger.analysis.figures import colorize
 from tiger.data.synthetic import write_nyud_tree
 from tiger.evaluate import evaluate_folder
 from tiger.inference import load_model
 from tiger.predict import main, read_image
-from tiger.analysis.figures import colorize
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,9 @@ def test_every_experiment_composes_and_instantiates(experiment, monkeypatch, tmp
     for variant in variants[:: max(1, len(variants) - 1)]:  # the base config and the last sweep value
         cfg = compose_train(f"experiment={experiment}", *variant)
         with open_dict(cfg):  # tiny stand-ins for the pretrained experts, a small grid, the real options
-            cfg.experts = {role: tiny_stand_in(spec) for role, spec in OmegaConf.to_container(cfg.experts).items()}
+            cfg.experts = {
+                role: tiny_stand_in(spec) for role, spec in OmegaConf.to_container(cfg.experts).items()
+            }
             cfg.data.grid = [2, 3]
             cfg.model.dataset = "synthetic"
         module = instantiate(cfg.model, _convert_="all")
@@ -93,7 +95,12 @@ def test_ablation_rows_switch_the_components(compose_train):
     for ablation in ("t3_1_routing", "t3_2_instructions", "t3_4_task_interaction", "t3_5_counterfactual"):
         cfg = compose_train("experiment=nyud_table3", f"ablation={ablation}")
         net, loss = cfg.model.net, cfg.model.loss
-        rows[ablation] = (net.instructions.encoder, net.expert_interaction, net.task_interaction, loss.lambda_cf)
+        rows[ablation] = (
+            net.instructions.encoder,
+            net.expert_interaction,
+            net.task_interaction,
+            loss.lambda_cf,
+        )
     assert rows["t3_1_routing"] == (None, False, False, 0.0)
     assert rows["t3_2_instructions"][0] == "all-MiniLM-L6-v2"
     assert rows["t3_4_task_interaction"] == ("all-MiniLM-L6-v2", True, True, 0.0)
@@ -104,7 +111,10 @@ def test_ablation_rows_switch_the_components(compose_train):
 def test_unknown_config_key_or_value_fails_with_hydras_message(compose_train):
     from hydra.errors import ConfigCompositionException
 
-    for override, message in (("model.net.no_such_key=1", "no_such_key"), ("experiment=nyud_tiger_x", "nyud_tiger_x")):
+    for override, message in (
+        ("model.net.no_such_key=1", "no_such_key"),
+        ("experiment=nyud_tiger_x", "nyud_tiger_x"),
+    ):
         with pytest.raises(ConfigCompositionException, match=message):
             compose_train(override)
 
@@ -118,18 +128,18 @@ def test_option_errors_name_the_key_the_user_sets(compose_train):
     assert user_key(cfg, "model.net.experts.sam.seed") == "experts.sam.seed"
     assert user_key(cfg, "data.datamodule.tasks") == "data.tasks"
     assert user_key(cfg, "model.loss.tau") == "model.loss.tau"
-    cases = [
+    cases = [  # (overrides, the config node instantiated, the message)
         (["data.grid=[4.5,5]"], "model", r"^data.grid must be 2 integers \(H, W\) >= 1, got \[4.5, 5\]"),
         (["model.loss.tau=0"], "model", r"^model.loss.tau must be > 0, got 0$"),
         (["model.loss.target=softmax"], "model", r"^model.loss.target must be one of 'zscore', 'positive'"),
         (["model.net.dim=30"], "model", r"^model.net.num_heads must divide dim=30, got 4$"),
-        (["+model.net.instructions.texts={depth: ''}"], "model", r"^model.net.instructions.texts.depth must be a"),
+        (["+model.net.instructions.texts={depth: ''}"], "model", r"^model.net.instructions.texts.depth must"),
         (["data.task_weights.depth=-1"], "model", r"^data.task_weights.depth must be >= 0, got -1$"),
-        (["+experts.sam.pos_embed_antialias=no"], "model", r"^experts.sam.pos_embed_antialias must be true or"),
-        (["model.balancer=famo"], "model", r"^model.balancer must be a balancer config, got 'famo'.*balancer=famo"),
+        (["+experts.sam.pos_embed_antialias=no"], "model", r"^experts.sam.pos_embed_antialias must be true"),
+        (["model.balancer=famo"], "model", r"^model.balancer must be a balancer config, got 'famo'"),
         (["balancer=famo", "model.balancer.lr=0"], "model", r"^model.balancer.lr must be > 0, got 0"),
-        (["data.datamodule.batch_size=0"], "data.datamodule", r"^data.datamodule.batch_size must be >= 1, got 0$"),
-        (["callbacks.routing.removals=[drop]"], "callbacks.routing", r"^callbacks.routing.removals must be one of"),
+        (["data.datamodule.batch_size=0"], "data.datamodule", r"^data.datamodule.batch_size must be >= 1"),
+        (["callbacks.routing.removals=[drop]"], "callbacks.routing", r"^callbacks.routing.removals must"),
     ]  # fmt: skip
     for overrides, key, message in cases:
         with pytest.raises(OptionError, match=message):
@@ -173,7 +183,11 @@ def test_end_to_end_training_writes_results_checkpoint_and_figure(trained_run):
     assert all(sum(row.values()) == pytest.approx(1.0, abs=1e-4) for row in usage.values())
     assert [entry["step"] for entry in results["routing_history"]] == [0, 1, 2, 3]  # every log_every_n_steps
     metrics_csv = (trained_run / "csv" / "metrics.csv").read_text()
-    assert "train/cf" in metrics_csv and "val/semseg/mIoU" in metrics_csv and "val/usage/depth/sam_tiny" in metrics_csv
+    assert (
+        "train/cf" in metrics_csv
+        and "val/semseg/mIoU" in metrics_csv
+        and "val/usage/depth/sam_tiny" in metrics_csv
+    )
 
 
 def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path, compose_train):
@@ -190,7 +204,9 @@ def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path,
     with pytest.raises(ValueError, match="not a TIGER checkpoint"):
         check_compatible({"state_dict": {}}, identity)
     # through train(): resume the 6-task run with two tasks
-    cfg = compose_train(*FAST, f"ckpt_path={trained_run}", "data.tasks=[semseg,depth]", output_dir=tmp_path / "other")
+    cfg = compose_train(
+        *FAST, f"ckpt_path={trained_run}", "data.tasks=[semseg,depth]", output_dir=tmp_path / "other"
+    )
     with pytest.raises(CheckpointError, match="tasks: checkpoint"):
         train(cfg)
 
@@ -334,7 +350,9 @@ def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path, compo
     datamodule = instantiate(config.data.datamodule, _convert_="all")
     module = instantiate(config.model, _convert_="all")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    (logged,) = trainer.validate(module, datamodule=datamodule, ckpt_path=results["checkpoint"], weights_only=True)
+    (logged,) = trainer.validate(
+        module, datamodule=datamodule, ckpt_path=results["checkpoint"], weights_only=True
+    )
     for task, values in split_metrics(logged, module.net.task_names).items():
         for name, value in values.items():
             assert results["metrics"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, name)

@@ -69,7 +69,8 @@ def instantiate_option(cfg: DictConfig, key: str) -> Any:
 
 def resume_checkpoint(path: str | None) -> str | None:
     """The checkpoint ``ckpt_path=`` names (a file, or the newest complete one of a run folder, see
-    :func:`tiger.training.runs.resolve_checkpoint`), checked to be a TIGER checkpoint before Lightning reads it."""
+    :func:`tiger.training.runs.resolve_checkpoint`), checked to be a TIGER checkpoint before Lightning reads
+    it."""
     resolved = resolve_checkpoint(path)
     if resolved is not None:
         check_resumable(resolved)

@@ -8,8 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
+from tiger.analysis.figures import (
+    bounded_size,
+    colorize,
+    plot_prediction,
+    plot_routing,
+    routing_maps,
+    save_figure,
+)
 from tiger.tasks import make_task
-from tiger.analysis.figures import bounded_size, colorize, plot_prediction, plot_routing, routing_maps, save_figure
 
 
 def assert_not_blank(path: Path) -> None:

@@ -96,7 +96,9 @@ def test_agreement_identical_reversed_and_by_hand(tmp_path: Path) -> None:
     ascending = alpha.sort(dim=2).values
     kept = everywhere.clone()
     kept[:, 1, :3] = False
-    reversed_ = statistics(ascending, {"mean": Importance(TASKS, ascending.flip(2), kept)}, ["mean"], experts="abcd")
+    reversed_ = statistics(
+        ascending, {"mean": Importance(TASKS, ascending.flip(2), kept)}, ["mean"], experts="abcd"
+    )
     rows = reversed_["target_agreement"]["mean"]
     assert rows["semseg"]["spearman"] == pytest.approx(-1.0) and rows["semseg"]["top1"] == 0.0
     assert rows["semseg"]["jsd"] > 0.0 and rows["depth"]["tokens"] == 6.0
@@ -106,7 +108,9 @@ def test_agreement_identical_reversed_and_by_hand(tmp_path: Path) -> None:
     a = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 1, 4, 1)
     b = torch.tensor([0.1, 0.2, 0.4, 0.3]).view(1, 1, 4, 1)
     one = torch.ones(1, 1, 1, dtype=torch.bool)
-    partial = statistics(a, {"subtract": Importance(["edge"], b, one)}, ["subtract"], tasks=["edge"], experts="abcd")
+    partial = statistics(
+        a, {"subtract": Importance(["edge"], b, one)}, ["subtract"], tasks=["edge"], experts="abcd"
+    )
     assert partial["target_agreement"]["subtract"]["edge"]["spearman"] == pytest.approx(0.8)
     assert partial["target_agreement"]["subtract"]["edge"]["top1"] == 0.0
 
@@ -118,7 +122,9 @@ def test_agreement_edge_cases() -> None:
     assert result["target_agreement"]["mean"]["sal"]["spearman"] == pytest.approx(-1.0)
     uniform = torch.full((1, 1, 3, 2), 1 / 3)
     none = torch.zeros(1, 1, 2, dtype=torch.bool)
-    result = statistics(uniform, {"mean": Importance(["sal"], uniform, none)}, ["mean"], tasks=["sal"], experts="abc")
+    result = statistics(
+        uniform, {"mean": Importance(["sal"], uniform, none)}, ["mean"], tasks=["sal"], experts="abc"
+    )
     assert result["target_agreement"]["mean"] == {}  # no token carries a target: no row, never a NaN row
 
 
@@ -133,7 +139,10 @@ def test_statistics_accumulate_over_batches_as_over_one_batch() -> None:
         stats.update(alpha, {"mean": Importance(["depth"], p, keep)})
     result = stats.compute()
     whole = statistics(
-        torch.cat(alphas), {"mean": Importance(["depth"], torch.cat(ps), torch.cat(kept))}, ["mean"], experts=experts
+        torch.cat(alphas),
+        {"mean": Importance(["depth"], torch.cat(ps), torch.cat(kept))},
+        ["mean"],
+        experts=experts,
     )
     for task in TASKS:
         assert result["usage"][task] == pytest.approx(whole["usage"][task])
@@ -182,14 +191,17 @@ class StandInExpert(nn.Module):
         return self.conv(F.interpolate(images, size=size, mode="bilinear", align_corners=False))
 
 
-def stand_in_tiger(experts: int = 3, expert_interaction: bool = True, seed: int = 0, twins: bool = False) -> TIGER:
+def stand_in_tiger(
+    experts: int = 3, expert_interaction: bool = True, seed: int = 0, twins: bool = False
+) -> TIGER:
     """A TIGER over stand-in experts (of other widths and patch sizes; ``twins``: experts 0 and 1 alike)."""
     torch.manual_seed(seed)
     tasks = [make_task("semseg", num_classes=5), make_task("depth"), make_task("normals"), make_task("edge")]
     config = TigerConfig(
         experts={f"e{k}": {"name": f"stand_in_{k}"} for k in range(experts)},
-        tasks=[task.name for task in tasks], grid=(2, 3), num_semseg_classes=5, instructions={"encoder": None},
-        dim=32, task_dim=24, rank=4, hyper_hidden=16, query_width=16, num_heads=4, decoder_width=32,
+        tasks=[task.name for task in tasks], grid=(2, 3), num_semseg_classes=5,
+        instructions={"encoder": None}, dim=32, task_dim=24, rank=4, hyper_hidden=16, query_width=16,
+        num_heads=4, decoder_width=32,
         decoder_upsamples=1, expert_interaction=expert_interaction,
     )  # fmt: skip
     shapes = [(8 + 4 * k, 8 if k % 2 == 0 else 4) for k in range(experts)]
@@ -309,7 +321,12 @@ def test_statistics_of_shapley_credit_by_hand() -> None:
     # token 0: ranks (3, 2, 1) vs (3, 1, 2): rho = 0.5; token 1: (3, 2, 1) vs (3, 1.5, 1.5): rho = 0.866
     assert result["spearman"] == pytest.approx((0.5 + math.sqrt(3) / 2) / 2)
     assert result["top1"] == 1.0 and result["tokens"] == 2.0
-    assert format_shapley_table({"depth": result}).splitlines()[2].split()[:4] == ["depth", "+0.683", "1.000", "35.0%"]
+    assert format_shapley_table({"depth": result}).splitlines()[2].split()[:4] == [
+        "depth",
+        "+0.683",
+        "1.000",
+        "35.0%",
+    ]
 
 
 def test_counterfactual_target_of_a_real_forward_pass(forward_pass, tmp_path: Path) -> None:
@@ -318,7 +335,9 @@ def test_counterfactual_target_of_a_real_forward_pass(forward_pass, tmp_path: Pa
     found = counterfactual_importance(model, output, targets, LossConfig())
     assert found.tasks == model.task_names
     assert found.has_target[:, 0].sum() == 2 * 6 and found.has_target[:, 1].sum() == 2 * 3
-    result = statistics(output.alpha, {"subtract": found}, ["subtract"], tasks=model.task_names, experts="abc")
+    result = statistics(
+        output.alpha, {"subtract": found}, ["subtract"], tasks=model.task_names, experts="abc"
+    )
     top1 = (output.alpha.argmax(2) == found.p.argmax(2))[:, 1][found.has_target[:, 1]].double().mean()
     assert result["target_agreement"]["subtract"]["depth"]["top1"] == pytest.approx(float(top1))
     positive = counterfactual_importance(model, output, targets, LossConfig(target="positive"))

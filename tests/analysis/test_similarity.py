@@ -95,5 +95,3 @@ def test_task_similarity_without_instructions() -> None:
     )
     with pytest.raises(ValueError, match="'outputs' or 'weights'"):
         task_similarity(model, hyper="gates")  # type: ignore[arg-type]
-
-

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tiger.data import TrainTransform
-from tiger.data.synthetic import SyntheticScenes
 from tiger.data.sampling import DrawKey, KeyedDraws, ResumableDataLoader, ResumableSampler
+from tiger.data.synthetic import SyntheticScenes
 
 
 def loader(seed: int = 3, num_workers: int = 0, batch_size: int = 2) -> ResumableDataLoader:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import sys
 import textwrap
+
+import pytest
+import torch
 
 from tiger.experts import Expert, build_expert, known_experts, register_expert
 
@@ -77,11 +77,18 @@ def test_an_expert_registered_by_a_users_module(tmp_path, monkeypatch, images: t
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_experts", raising=False)
     expert = build_expert("user_patches", module="my_experts", width=5)
-    assert expert.identity == {"name": "user_patches", "weights": "default", "width": 5, "module": "my_experts"}
+    assert expert.identity == {
+        "name": "user_patches",
+        "weights": "default",
+        "width": 5,
+        "module": "my_experts",
+    }
     assert "user_patches" in known_experts()
     rebuilt = build_expert(**expert.identity)
     assert torch.equal(rebuilt(images, (2, 3)), expert(images, (2, 3)))
-    with pytest.raises(ModuleNotFoundError, match="expert 'user_patches' is registered by module 'gone_module'"):
+    with pytest.raises(
+        ModuleNotFoundError, match="expert 'user_patches' is registered by module 'gone_module'"
+    ):
         build_expert("user_patches", module="gone_module")
 
 

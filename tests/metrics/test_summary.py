@@ -42,7 +42,9 @@ def test_build_metric_picks_the_metric_and_its_options():
     assert isinstance(build_metric(make_task("edge"), "synthetic"), BoundaryF)
     assert build_metric(make_task("sal", double_sigmoid=True), "pascal").double_sigmoid
     assert build_metric(make_task("edge", workers=3), "pascal").workers == 3
-    with pytest.raises(TypeError, match="task 'depth' \\(Depth\\) has no option 'double_sigmoid'; its options: none"):
+    with pytest.raises(
+        TypeError, match="task 'depth' \\(Depth\\) has no option 'double_sigmoid'; its options: none"
+    ):
         make_task("depth", double_sigmoid=True)
     assert isinstance(build_metric(make_task("sal"), "pascal"), SaliencyMaxF)
     assert isinstance(build_metric(make_task("normals"), "nyud"), NormalsError)

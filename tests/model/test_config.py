@@ -41,10 +41,10 @@ def test_grid_is_never_truncated(tiny_config, grid, shown):
         ({"task_weights": {"depth": -1.0}}, r"^task_weights.depth must be >= 0, got -1.0$"),
         ({"task_weights": {"depth": float("inf")}}, r"^task_weights.depth must be a finite number"),
         ({"task_weights": {"flow": 1.0}}, r"^task_weights must be one of .* got 'flow'$"),
-        ({"instructions": {"encoder": None, "texts": {"depth": ""}}}, r"^instructions.texts.depth must be a non-empty"),
+        ({"instructions": {"encoder": None, "texts": {"depth": ""}}}, r"^instructions.texts.depth must"),
         ({"instructions": {"encoder": None, "texts": {"depth": "  "}}}, r"^instructions.texts.depth must be"),
         ({"instructions": {"encoder": None, "texts": {"flow": "x"}}}, r"^instructions.texts must be one of"),
-        ({"instructions": {"encoder": "", "texts": {}}}, r"^instructions.encoder must be a sentence-transformers"),
+        ({"instructions": {"encoder": "", "texts": {}}}, r"^instructions.encoder must be a sentence-trans"),
         ({"instructions": {"encoder": None, "prompt": "x"}}, r"^instructions.prompt is not an option"),
     ],
 )  # fmt: skip
@@ -91,5 +91,7 @@ def test_a_list_of_expert_specs_is_keyed_by_name(tiny_config):
 def test_to_dict_round_trips(tiny_config):
     config = tiny_config(task_weights={"semseg": 1.0, "depth": 0.5}, decoder_upsamples=1)
     stored = config.to_dict()
-    assert all(isinstance(value, (dict, list, str, int, float, bool, type(None))) for value in stored.values())
+    assert all(
+        isinstance(value, (dict, list, str, int, float, bool, type(None))) for value in stored.values()
+    )
     assert TigerConfig(**stored) == config

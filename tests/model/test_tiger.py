@@ -108,7 +108,9 @@ def test_removing_every_expert_routes_nothing_or_the_mean_tokens(model):
         output = model(torch.rand(2, 3, *SIZE))
     everything = torch.ones(1, 3)
     for removal in ("subtract", "renormalize"):  # renormalize must not divide float noise by eps
-        assert torch.equal(remove_experts(output, everything, removal)[:, :, 0], torch.zeros_like(output.fused))
+        assert torch.equal(
+            remove_experts(output, everything, removal)[:, :, 0], torch.zeros_like(output.fused)
+        )
     mean_tokens = (output.alpha[..., None] * output.tokens.mean((0, 2), keepdim=True)[:, None]).sum(2)
     torch.testing.assert_close(remove_experts(output, everything, "mean")[:, :, 0], mean_tokens)
 

@@ -105,8 +105,8 @@ def test_a_registered_task_trains_evaluates_and_round_trips_its_files(far_depth,
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from tiger.data.transforms import horizontal_flip, rescale, to_sample
     from tiger.analysis.report import split_metrics
+    from tiger.data.transforms import horizontal_flip, rescale, to_sample
     from tiger.metrics import format_table
     from tiger.model import TigerConfig
     from tiger.training.losses import LossConfig
@@ -143,7 +143,11 @@ def test_a_registered_task_trains_evaluates_and_round_trips_its_files(far_depth,
         decoder_width=32,
     )
     module = TigerModule(
-        TigerConfig(**net), LossConfig(lambda_cf=0.1), functools.partial(torch.optim.AdamW, lr=1e-3), None, "synthetic"
+        TigerConfig(**net),
+        LossConfig(lambda_cf=0.1),
+        functools.partial(torch.optim.AdamW, lr=1e-3),
+        None,
+        "synthetic",
     )
     before = module.net.heads.heads["far_depth"][-1].weight.detach().clone()
     trainer = L.Trainer(

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tiger.training.balancing import FAMO, FixedWeights, GradNorm, UncertaintyWeighting, mean_over_processes
 from tiger.options import OptionError
 from tiger.tasks import make_task
+from tiger.training.balancing import FAMO, FixedWeights, GradNorm, UncertaintyWeighting, mean_over_processes
 
 # Lightning and Hydra are imported inside the tests that use them: the DDP test's spawned processes
 # import this module and need only torch and tiger.training.balancing.
@@ -64,7 +64,9 @@ def test_the_balancer_forms_eq_14_from_the_terms():
     counterfactual = module.net.counterfactual(output, module.loss_config.removal, module.loss_config.eps)
     terms = module.criterion(output, module._targets(batch), counterfactual)
     assert set(terms) == {"semseg", "depth", "normals", "edge", "cf"}  # terms only, never a total
-    by_hand = terms["semseg"] + terms["depth"] + 10 * terms["normals"] + 50 * terms["edge"] + 0.5 * terms["cf"]
+    by_hand = (
+        terms["semseg"] + terms["depth"] + 10 * terms["normals"] + 50 * terms["edge"] + 0.5 * terms["cf"]
+    )
     torch.testing.assert_close(module.balancer(terms, output.fused), by_hand)
     assert module.balancer.weights_by_task() == {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
     # every balancer adds lambda_cf L_cf to its weighted task losses, whatever its weights

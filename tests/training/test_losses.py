@@ -170,8 +170,8 @@ def test_zscore_gives_a_useless_expert_at_least_samuelsons_floor():
     # one expert matters, four do nothing: a z-score over 5 items is at most 2 = sqrt(M - 1)
     for size in (1.0, 1e3, 1e6):  # (eq. 9's eps shifts it by std / (std + eps) for tiny effects)
         p, _ = importance_target(effects([[[[size], [0.0], [0.0], [0.0], [0.0]]]]), "zscore", 1.0)
-        assert p[0, 0, 1:, 0].tolist() == pytest.approx([math.exp(-0.5) / (math.exp(2) + 4 * math.exp(-0.5))] * 4,
-                                                        rel=1e-4)  # fmt: skip
+        floor = math.exp(-0.5) / (math.exp(2) + 4 * math.exp(-0.5))  # z = (2, -1/2, -1/2, -1/2, -1/2)
+        assert p[0, 0, 1:, 0].tolist() == pytest.approx([floor] * 4, rel=1e-4)
         assert p[0, 0, 1, 0] > 0.06
 
 
@@ -190,7 +190,9 @@ def test_positive_and_sparsemax_do_not_change_when_a_task_loss_is_rescaled():
     loss = torch.rand(2, 2, 6, dtype=torch.float64) + 0.5
     for target in ("positive", "sparsemax"):
         p, kept = importance_target(effects(delta, loss), target, tau=0.5, min_effect=0.01)
-        scaled, kept_scaled = importance_target(effects(7.3 * delta, 7.3 * loss), target, tau=0.5, min_effect=0.01)
+        scaled, kept_scaled = importance_target(
+            effects(7.3 * delta, 7.3 * loss), target, tau=0.5, min_effect=0.01
+        )
         torch.testing.assert_close(scaled, p, rtol=1e-12, atol=1e-12)
         assert torch.equal(kept, kept_scaled)
         torch.testing.assert_close(p.sum(2)[kept], torch.ones_like(p.sum(2)[kept]))
@@ -224,7 +226,9 @@ def test_counterfactual_loss_is_the_mean_jsd_over_the_tokens_with_a_target():
     alpha = torch.tensor([[[[0.5, 0.5], [0.5, 0.5]]]], requires_grad=True)
     kept = torch.tensor([[[True, False]]])
     loss = counterfactual_loss(p, kept, alpha)
-    assert loss.item() == pytest.approx(jensen_shannon(p[0, 0, :, 0], alpha[0, 0, :, 0].detach(), dim=0).item())
+    assert loss.item() == pytest.approx(
+        jensen_shannon(p[0, 0, :, 0], alpha[0, 0, :, 0].detach(), dim=0).item()
+    )
     loss.backward()
     assert alpha.grad[..., 1].abs().sum() == 0  # a token without a target gets no pull
 
@@ -238,7 +242,9 @@ SIZE = (40, 48)
 @pytest.fixture(scope="module")
 def model(tiny_config):
     torch.manual_seed(0)
-    return build_tiger(tiny_config(("clip_tiny", "dinov2_tiny", "sam_tiny"), ("semseg", "depth", "normals", "edge"), (3, 4)))
+    return build_tiger(
+        tiny_config(("clip_tiny", "dinov2_tiny", "sam_tiny"), ("semseg", "depth", "normals", "edge"), (3, 4))
+    )
 
 
 def targets(batch=2):
@@ -255,8 +261,12 @@ def targets(batch=2):
 
 
 def effects_of(model, output, batch, removal="subtract") -> Effects:
-    full = {task.name: task.pixel_loss(output.predictions[task.name], batch[task.name]) for task in model.tasks}
-    return counterfactual_effects(model.tasks, model.counterfactual(output, removal), batch, full, output.grid)
+    full = {
+        task.name: task.pixel_loss(output.predictions[task.name], batch[task.name]) for task in model.tasks
+    }
+    return counterfactual_effects(
+        model.tasks, model.counterfactual(output, removal), batch, full, output.grid
+    )
 
 
 @pytest.mark.parametrize("target", ["zscore", "positive", "sparsemax"])
@@ -304,7 +314,9 @@ def test_expert_whose_removal_hurts_most_gets_most_mass(tiny_config):
     # silence expert 1 (its projected tokens are zero) and fit the depth target to the full prediction:
     # removing expert 1 changes nothing, removing the others can only increase the depth loss.
     torch.manual_seed(0)
-    tiny = build_tiger(tiny_config(("clip_tiny", "dinov2_tiny", "sam_tiny"), ("semseg", "depth", "normals", "edge"), (3, 4)))
+    tiny = build_tiger(
+        tiny_config(("clip_tiny", "dinov2_tiny", "sam_tiny"), ("semseg", "depth", "normals", "edge"), (3, 4))
+    )
     torch.nn.init.zeros_(tiny.projections[1].norm.weight)
     torch.nn.init.zeros_(tiny.projections[1].norm.bias)
     tiny.expert_interaction = None
@@ -331,7 +343,9 @@ def test_terms_are_the_task_losses_and_l_cf_from_scratch(model):
     terms = criterion(output, targets(), counterfactual)
     assert set(terms) == {*weights, "cf"}  # the terms only: the balancer forms eq. 14's total
     for task in tasks:
-        torch.testing.assert_close(terms[task.name], task_loss(task, output.predictions[task.name], targets()[task.name]))
+        torch.testing.assert_close(
+            terms[task.name], task_loss(task, output.predictions[task.name], targets()[task.name])
+        )
     found = effects_of(model, output, targets())
     p, has_target = importance_target(found, "zscore", 1.0)
     torch.testing.assert_close(terms["cf"], counterfactual_loss(p, has_target, output.alpha))

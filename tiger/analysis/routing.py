@@ -2,8 +2,9 @@
 counterfactual target the training pulls it towards, and how well it follows each expert's exact Shapley
 credit, a reference that no target trains on.
 
-One implementation, :class:`RoutingStatistics`, serves inference (:meth:`tiger.inference.Predictor.routing_report`),
-validation and the routing history of training (:class:`tiger.analysis.callbacks.RoutingMonitor`). Everything
+One implementation, :class:`RoutingStatistics`, serves inference
+(:meth:`tiger.inference.Predictor.routing_report`), validation and the routing history of training
+(:class:`tiger.analysis.callbacks.RoutingMonitor`). Everything
 works for any expert set and task list: it reads the routing weights alpha (B, T, M, N) and the model's own
 ablated forward passes (:meth:`tiger.model.TIGER.ablate`).
 
@@ -161,7 +162,9 @@ def shapley_pairs(experts: int) -> tuple[Tensor, Tensor, Tensor]:
         size = subsets(experts)[free].sum(1).long()
         without.append(free)
         joined.append(free | (1 << k))
-        weights.append(torch.tensor([math.factorial(j) * math.factorial(experts - j - 1) for j in size.tolist()]))
+        weights.append(
+            torch.tensor([math.factorial(j) * math.factorial(experts - j - 1) for j in size.tolist()])
+        )
     weight = torch.stack(weights).double() / math.factorial(experts)
     return torch.stack(without), torch.stack(joined), weight
 
@@ -313,10 +316,15 @@ class RoutingStatistics(Metric):
             self.credit_rho_count[rows] += counted
 
     def compute(self) -> dict[str, Any]:
-        """{"usage": {task: {expert: mean alpha}},
-        "target_agreement": {removal: {task: {"spearman", "top1", "jsd", "tokens", "importance": {expert: mean p}}}},
-        "shapley": {task: {"spearman", "top1", "useless_mass", "tokens", "credit": {expert: mean phi}}}}
-        (tasks without tokens are left out; an undefined mean is NaN)."""
+        """The figures so far::
+
+            {"usage": {task: {expert: mean alpha}},
+             "target_agreement": {removal: {task: {"spearman", "top1", "jsd", "tokens",
+                                                   "importance": {expert: mean p}}}},
+             "shapley": {task: {"spearman", "top1", "useless_mass", "tokens", "credit": {expert: mean phi}}}}
+
+        Tasks without tokens are left out; an undefined mean is NaN.
+        """
         usage = self.alpha_sum / self.alpha_count.clamp_min(1)
         result: dict[str, Any] = {
             "usage": {
@@ -432,7 +440,7 @@ def format_usage_table(usage: dict[str, dict[str, float]]) -> str:
 
 
 def format_shapley_table(shapley: dict[str, dict[str, Any]]) -> str:
-    """Per task: Spearman(alpha, phi), top-1 agreement, mass on useless experts, and each expert's mean credit."""
+    """Per task: Spearman(alpha, phi), top-1 agreement, mass on useless experts, each expert's mean credit."""
     tasks = list(shapley)
     experts = list(shapley[tasks[0]]["credit"]) if tasks else []
     rows = [

@@ -1,5 +1,6 @@
 """Name -> builder: ``build_expert("dinov2_l14")``, ``build_expert("timm:vit_small_patch16_224")``, or a name
-that a module of the user's registers with :func:`register_expert` (``build_expert("my_net", module="my.pkg")``).
+that a module of the user's registers with :func:`register_expert`
+(``build_expert("my_net", module="my.pkg")``).
 
 The built-in families are imported on first use, so importing :mod:`tiger.experts` does not load open_clip,
 transformers, segment-anything and timm.

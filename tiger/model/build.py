@@ -55,7 +55,7 @@ def tiger_from_checkpoint(
     source: str | Path,
     expert_weights: Mapping[str, str | Path | None] | None = None,
 ) -> TIGER:
-    """Rebuild the trained TIGER of a :func:`tiger.model.checkpoint.read_checkpoint` result (eval mode not set).
+    """The trained TIGER of a :func:`~tiger.model.checkpoint.read_checkpoint` result (not in eval mode).
 
     The experts come from their stored identities (``expert_weights``: per role, a local file or folder, a
     hub id, or None for a random init, instead of the stored weights), the instructions from the stored
@@ -95,8 +95,8 @@ def tiger_from_checkpoint(
     embeddings = state.get(checkpoint.INSTRUCTION_KEY)
     if config.instruction_encoder is not None and embeddings is None:
         raise checkpoint.CheckpointError(
-            f"{source}: the model was trained with instruction encoder {config.instruction_encoder!r} but its "
-            f"state_dict has no {checkpoint.INSTRUCTION_KEY!r}"
+            f"{source}: the model was trained with instruction encoder {config.instruction_encoder!r} but "
+            f"its state_dict has no {checkpoint.INSTRUCTION_KEY!r}"
         )
     try:
         model = build_tiger(config, instruction_embeddings=embeddings)

@@ -68,10 +68,10 @@ def remove_experts(
         removed: (V, M) 0/1, the experts each variant removes.
         removal: ``subtract``: f - sum_{k removed} alpha_k F'_k (the other weights unchanged);
             ``renormalize``: the same divided by 1 - sum_{k removed} alpha_k (the remaining weights sum to
-            one); ``mean``: mean ablation, each removed expert's tokens replaced by their mean over the batch's
-            tokens, f - sum_{k removed} alpha_k (F'_k - mean_{b,n} F'_k). A variant that removes every expert
-            routes nothing (zero tokens) under ``subtract`` and ``renormalize``, and the mean tokens under
-            ``mean``.
+            one); ``mean``: mean ablation, each removed expert's tokens replaced by their mean over the
+            batch's tokens, f - sum_{k removed} alpha_k (F'_k - mean_{b,n} F'_k). A variant that removes
+            every expert routes nothing (zero tokens) under ``subtract`` and ``renormalize``, and the mean
+            tokens under ``mean``.
         eps: floor of the remaining weight for ``renormalize``.
     """
     if removal not in REMOVALS:

@@ -588,12 +588,19 @@ def make_task(
         if not num_classes or num_classes < 2:
             raise ValueError(f"task {name!r} needs num_classes >= 2, got {num_classes!r}")
         channels = int(num_classes)
-    own = {field.name for field in dataclasses.fields(entry)} - {field.name for field in dataclasses.fields(Task)}
+    own = {field.name for field in dataclasses.fields(entry)} - {
+        field.name for field in dataclasses.fields(Task)
+    }
     unknown = sorted(set(options) - own)
     if unknown:
         raise TypeError(
-            f"task {name!r} ({type(entry).__name__}) has no option {unknown[0]!r}; its options: {sorted(own) or 'none'}"
+            f"task {name!r} ({type(entry).__name__}) has no option {unknown[0]!r}; "
+            f"its options: {sorted(own) or 'none'}"
         )
     return dataclasses.replace(
-        entry, channels=channels, instruction=instruction or entry.instruction, weight=float(weight), **options
+        entry,
+        channels=channels,
+        instruction=instruction or entry.instruction,
+        weight=float(weight),
+        **options,
     )

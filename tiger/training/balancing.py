@@ -171,25 +171,18 @@ class FAMO(_OwnOptimizerState, TaskBalancer):
     gamma = 0.001, eps = 1e-8. Both l(theta_t) and l(theta_{t+1}) are averaged over the DDP processes.
 
     Args:
-        tasks: the tasks, in model order.
-        lambda_cf: the weight of L_cf (see :class:`TaskBalancer`).
+        tasks: the tasks, in model order (``base``: :class:`TaskBalancer`'s ``lambda_cf``).
         lr: beta, the learning rate of the logits' Adam.
         weight_decay: gamma, the regularisation of the logits.
         eps: added to l_i - b_i inside the logarithms.
     """
 
-    needs_losses_after_step = True
+    needs_losses_after_step = True  # the same batch's losses after each optimizer step drive the update
 
     def __init__(
-        self,
-        tasks: Sequence[Task],
-        lambda_cf: float = 0.0,
-        *,
-        lr: float = 0.025,
-        weight_decay: float = 0.001,
-        eps: float = 1e-8,
+        self, tasks: Sequence[Task], lr: float = 0.025, weight_decay: float = 0.001, eps: float = 1e-8, **base
     ) -> None:
-        super().__init__(tasks, lambda_cf)
+        super().__init__(tasks, **base)
         self.lr = options.real(lr, "lr", minimum=0.0, exclusive=True)
         self.weight_decay = options.real(weight_decay, "weight_decay", minimum=0.0)
         self.eps = options.real(eps, "eps", minimum=0.0, exclusive=True)
@@ -247,8 +240,7 @@ class GradNorm(_OwnOptimizerState, TaskBalancer):
     The weights are updated at every training forward (with gradient accumulation: every micro-batch).
 
     Args:
-        tasks: the tasks, in model order.
-        lambda_cf: the weight of L_cf (see :class:`TaskBalancer`).
+        tasks: the tasks, in model order (``base``: :class:`TaskBalancer`'s ``lambda_cf``).
         alpha: the restoring force alpha (the paper: 1.5 on NYUv2, 0.12 on its toy problem).
         lr: learning rate of the weights' Adam.
         min_weight: lower bound of each weight before the renormalisation.
@@ -257,15 +249,9 @@ class GradNorm(_OwnOptimizerState, TaskBalancer):
     needs_features = True
 
     def __init__(
-        self,
-        tasks: Sequence[Task],
-        lambda_cf: float = 0.0,
-        *,
-        alpha: float = 1.5,
-        lr: float = 0.025,
-        min_weight: float = 1e-4,
+        self, tasks: Sequence[Task], alpha: float = 1.5, lr: float = 0.025, min_weight: float = 1e-4, **base
     ) -> None:
-        super().__init__(tasks, lambda_cf)
+        super().__init__(tasks, **base)
         self.alpha = options.real(alpha, "alpha", minimum=0.0)
         self.lr = options.real(lr, "lr", minimum=0.0, exclusive=True)
         self.min_weight = options.real(min_weight, "min_weight", minimum=0.0, exclusive=True)

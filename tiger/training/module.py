@@ -99,7 +99,7 @@ class TigerModule(L.LightningModule):
         return {name: batch[name] for name in self.net.task_names}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Eq. 14 on one batch; returns ``{"loss", "alpha"}`` (the routing weights, detached, for callbacks)."""
+        """Eq. 14 on one batch; returns ``{"loss", "alpha"}`` (alpha detached, for the callbacks)."""
         output = self.net(batch["image"])
         counterfactual = None
         if self.criterion.uses_counterfactual(len(self.net.experts)):
@@ -123,7 +123,7 @@ class TigerModule(L.LightningModule):
         self.balancer.after_step(terms)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> TigerOutput:
-        """The protocol metrics and ``val/loss`` (eq. 14's task part); returns the forward pass (callbacks)."""
+        """The protocol metrics and ``val/loss`` (eq. 14's task part); returns the forward pass."""
         output = self.net(batch["image"])
         terms = self.criterion(output, self._targets(batch))
         self.log(
@@ -172,7 +172,7 @@ class TigerModule(L.LightningModule):
 
 
 def check_balancer(balancer: Any) -> None:
-    """A balancer config is a partial class (``balancer=<name>``), never a bare name (``model.balancer=famo``)."""
+    """A balancer is a partial class (``balancer=<name>``), never a bare name (``model.balancer=famo``)."""
     if balancer is not None and not callable(balancer):
         raise OptionError(
             "balancer",
