@@ -146,23 +146,23 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny_tiger_run")
 
 
-STUDY_OVERRIDES = (  # the known-answer study at its smallest: one seed, depth and edge, 60 steps
+STUDY_OVERRIDES = (  # the known-answer study at its smallest: one seed, depth and edge, 80 steps
     "experiment=study_tiger",
-    "experts=study_geometry,study_pair",
+    "experts=study_boundary,study_pair",
     "seed=0",
     "data.tasks=[depth,edge]",
-    "data.datamodule.synthetic.num_train=128",
-    "data.datamodule.synthetic.num_val=16",
-    "trainer.max_steps=60",
+    "data.datamodule.synthetic.num_train=64",
+    "data.datamodule.synthetic.num_val=8",
+    "trainer.max_steps=80",
     "hydra.launcher.n_jobs=1",
-    "trainer.val_check_interval=60",
-    "callbacks.model_checkpoint.every_n_train_steps=60",
+    "trainer.val_check_interval=40",
+    "callbacks.model_checkpoint.every_n_train_steps=80",
 )
 
 
 @pytest.fixture(scope="session")
 def study_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The multirun folder of a small study: the geometry expert alone, and TIGER over geometry, boundary
+    """The multirun folder of a small study: the boundary expert alone, and TIGER over geometry, boundary
     and the two distractors (``conf/experts/study_pair.yaml``); the study experts are pretrained into a
     temporary cache."""
     base = tmp_path_factory.getbasetemp()

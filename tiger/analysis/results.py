@@ -15,14 +15,20 @@ standard deviation over its seeds. Works for any expert set and task list:
   single-expert configurations (the VFM baselines), when there are any;
 - **usage**: the mean routing weight per task and expert over the validation set; the **right expert** of a
   task is its best single expert, and "on right" is the routing mass on it;
-- **faithfulness**: per removal mode measured at validation (``model.routing_analysis``), the Spearman rank
-  correlation between alpha and the counterfactual importance p over the experts of a token, and the rate at
-  which both rank the same expert first, averaged over the valid tokens, then over tasks.
+- **agreement with the training target**: per removal mode measured at validation
+  (``callbacks.routing.removals``), the Spearman rank correlation between alpha and the counterfactual
+  target p over the experts of a token, and the rate at which both rank the same expert first;
+- **faithfulness against Shapley credit** (``callbacks.routing.shapley_images``), a reference no target
+  trains on: Spearman(alpha, phi), top-1 agreement, the routing mass on experts whose credit is <= 0, and each
+  expert's mean credit, per task;
+- **curves**: each task's main metric at every validation of the run (from the run's CSV log), and the
+  routing mass of training batches over the steps (``routing_history``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -76,6 +82,7 @@ def load_run(run: Path) -> dict[str, Any]:
         "overrides": [o for o in (overrides or []) if not o.startswith("seed=")],
         "key": fingerprint(composed) if composed else str(run),
         "seed": config.get("seed"),
+        "config": {key: value for key, value in config.items() if key not in IGNORED_CONFIG_KEYS},
         "results": results,
     }
 
@@ -92,14 +99,42 @@ def group_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     again (the same run in two multiruns) counts once."""
     groups: dict[str, dict[str, Any]] = {}
     for run in runs:
-        group = groups.setdefault(run["key"], {"names": [], "seeds": [], "runs": []})
+        group = groups.setdefault(
+            run["key"], {"names": [], "seeds": [], "runs": [], "paths": [], "config": run["config"]}
+        )
         if run["name"] not in group["names"]:
             group["names"].append(run["name"])
         if run["seed"] is not None and run["seed"] in group["seeds"]:
             continue
         group["seeds"].append(run["seed"])
         group["runs"].append(run["results"])
+        group["paths"].append(run["path"])
     return groups
+
+
+def _rows(rows: list[dict[str, Any]], keys: Sequence[str], experts: Sequence[str], per_expert: str) -> dict:
+    """Mean and std over runs of per-task figures ``keys`` and of the per-expert mapping ``per_expert``."""
+    tasks = [task for task in rows[0] if all(task in row for row in rows)] if rows else []
+    return {
+        task: {key: _stats([row[task][key] for row in rows]) for key in keys}
+        | {per_expert: {e: _stats([row[task][per_expert][e] for row in rows]) for e in experts}}
+        for task in tasks
+    }
+
+
+def validation_curves(run: Path, tasks: Sequence[str]) -> dict[str, list[list[float]]]:
+    """{task: [[step, main metric], ...]} of every validation of the run (its ``csv/metrics.csv``): those
+    while training, then the final one of the chosen checkpoint."""
+    log = run / "csv" / "metrics.csv"
+    if not log.is_file():
+        return {}
+    with log.open() as file:
+        rows = list(csv.DictReader(file))
+    curves = {}
+    for task in tasks:
+        key = f"val/{task}/{MAIN_METRIC[task][0]}"
+        curves[task] = [[int(row["step"]), float(row[key])] for row in rows if row.get(key)]
+    return curves
 
 
 def summarise(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -123,26 +158,24 @@ def summarise(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 task: {expert: _stats([row[task][expert] for row in usage_rows]) for expert in experts}
                 for task in (usage_rows[0] if experts else {})
             },
-            "faithfulness": {},
+            "agreement": {
+                mode: _rows(
+                    [_agreement(run)[mode] for run in runs], ("spearman", "top1"), experts, "importance"
+                )
+                for mode in _agreement(runs[0])
+            },
+            "shapley": _rows(
+                [(run.get("routing") or {}).get("shapley") or {} for run in runs],
+                ("spearman", "top1", "useless_mass"),
+                experts,
+                "credit",
+            ),
+            "usage_runs": usage_rows,
+            "curves": [validation_curves(Path(path), tasks) for path in group["paths"]],
+            "config": group["config"],
             "history": [run.get("routing_history", []) for run in runs],
             "checkpoints": [run.get("checkpoint") for run in runs],
         }
-        modes = _agreement(runs[0]).keys()
-        for mode in modes:
-            rows = [_agreement(run)[mode] for run in runs]
-            entry["faithfulness"][mode] = {
-                task: {
-                    key: _stats([row[task][key] for row in rows if task in row])
-                    for key in ("spearman", "top1")
-                }
-                | {
-                    "importance": {
-                        expert: _stats([row[task]["importance"][expert] for row in rows if task in row])
-                        for expert in experts
-                    }
-                }
-                for task in rows[0]
-            }
         table[" = ".join(group["names"])] = entry
     _add_reference(table, groups)
     return table
@@ -213,7 +246,8 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def report(table: dict[str, Any]) -> str:
-    """The gathered figures as markdown tables: metrics and Delta_m; usage; faithfulness."""
+    """The gathered figures as markdown tables: metrics and Delta_m; usage; agreement with the training
+    target; faithfulness against Shapley credit."""
     tasks = [task for task in MAIN_METRIC if any(task in e["metrics"] for e in table.values())]
     digits = {"depth": 4}
     header = (
@@ -249,36 +283,34 @@ def report(table: dict[str, Any]) -> str:
         parts.append(
             "### Mean routing weight per task and expert (validation set)\n\n" + markdown(header, rows)
         )
-        modes = sorted({mode for e in multi.values() for mode in e["faithfulness"]})
+        modes = sorted({mode for e in multi.values() for mode in e["agreement"]})
         if modes:
             header = ["configuration"] + [f"{m}: Spearman / top-1" for m in modes]
             rows = []
             for name, e in multi.items():
                 cells = []
                 for mode in modes:
-                    per_task = e["faithfulness"].get(mode, {})
+                    per_task = e["agreement"].get(mode, {})
                     rho = _stats([per_task[t]["spearman"]["mean"] for t in per_task])
                     top1 = _stats([per_task[t]["top1"]["mean"] for t in per_task])
                     cells.append(f"{_pm(rho)} / {_pm(top1)}")
                 rows.append([name, *cells])
             parts.append(
-                "### Routing faithfulness: alpha vs counterfactual importance, mean over tasks "
+                "### Agreement of alpha with the counterfactual training target p, mean over tasks "
                 "(± std over tasks of the seed means)\n\n" + markdown(header, rows)
             )
-            header = ["configuration", "removal"] + [f"alpha / p on {x} %" for x in experts]
-            rows = []
-            for name, e in multi.items():
-                for mode in modes:
-                    per_task = e["faithfulness"].get(mode, {})
-                    cells = []
-                    for x in experts:
-                        alpha = mean(e["usage"][t][x]["mean"] for t in per_task)
-                        p = mean(per_task[t]["importance"][x]["mean"] for t in per_task)
-                        cells.append(f"{100 * alpha:.1f} / {100 * p:.1f}")
-                    rows.append([name, mode, *cells])
+        if any(e["shapley"] for e in multi.values()):
+            header = ["configuration", "task", "Spearman(α, φ)", "top-1", "α on φ <= 0 %"]
+            header += [f"φ {x}" for x in experts]
+            rows = [
+                [name, task, _pm(r["spearman"]), _pm(r["top1"]), _pm(r["useless_mass"], 100.0, 1)]
+                + [_pm(r["credit"][x], digits=4) for x in experts]
+                for name, e in multi.items()
+                for task, r in e["shapley"].items()
+            ]
             parts.append(
-                "### Routing weight alpha and counterfactual importance p per expert, mean over tasks "
-                "(validation set, mean over seeds)\n\n" + markdown(header, rows)
+                "### Faithfulness against exact Shapley credit φ (validation images; φ in units of the task "
+                "loss)\n\n" + markdown(header, rows)
             )
     return "\n\n".join(parts)
 

@@ -63,8 +63,13 @@ def register_expert(builder: _Builder | None = None, *, name: str | None = None)
     return register(builder) if builder is not None else register  # type: ignore[return-value]
 
 
-def _qualified(function: Callable) -> str:
-    return f"{function.__module__}.{function.__qualname__}"
+def _qualified(builder: Callable) -> str:
+    """The builder's dotted name (a ``functools.partial`` with its arguments): two registrations of the same
+    builder (a module imported twice) are one."""
+    function = getattr(builder, "func", builder)
+    name = f"{function.__module__}.{function.__qualname__}"
+    arguments = getattr(builder, "args", ())
+    return f"{name}{arguments!r}" if arguments else name
 
 
 def known_experts() -> list[str]:

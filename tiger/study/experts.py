@@ -1,31 +1,38 @@
-"""Known-answer experts for the routing study (``study_*``): the right answer is known by construction.
+"""Known-answer experts for the routing study (``study_*``): what each can help with is known by construction.
 
-Three **specialists** are small convolutional encoders, each pretrained once on the synthetic scenes for one
-task group through a linear read-out at the token grid, then frozen (the paper's premise: each foundation
-model's pretraining gives it a bias). Their features are an 8-channel bottleneck per token, so each can keep
-little beyond what its own group needed:
+Every **specialist** reads one channel of the factored scenes (:mod:`tiger.study.scenes`), so it cannot see
+the cues of the other task groups: they are in other channels and come from independent scenes. Each is a
+small convolutional encoder (patch 8, an 8-channel bottleneck per token), pretrained once through a linear
+read-out on its group's tasks and frozen (the paper's premise: pretraining gives each foundation model its
+bias):
 
-- ``study_semantics``: semantic classes, human parts and saliency (what an object is),
-- ``study_geometry``: depth and surface normals (where surfaces are and how they face),
-- ``study_boundary``: object boundaries (where labels change).
+- ``study_semantics``: the class-identity channel; semantic segmentation,
+- ``study_geometry``: the fog channel; depth and surface normals,
+- ``study_geometry_twin``: the same channel and tasks through another encoder (wider, another seed): the
+  same information as ``study_geometry``, so each of the two is redundant given the other,
+- ``study_boundary``: the outline channel; object boundaries.
 
 Two **distractors** carry no information about the image at all:
 
 - ``study_noise``: fresh standard Gaussian noise at every call,
-- ``study_loud``: the same with standard deviation 100 (large in scale, no information), to test the
-  paper's claim (Sec. 3.5) that attention can follow feature scale rather than causal contribution.
+- ``study_loud``: the same with standard deviation 100 (large in scale, no information), the paper's
+  Sec. 3.5 worry that attention can follow feature scale rather than causal contribution.
 
-The specialists' weights are cached on disk (``$TIGER_CACHE``, else ``$XDG_CACHE_HOME/tiger``, else
-``~/.cache/tiger``, under ``study_experts/``), never in git, and rebuilt deterministically from the seed when
-missing; ``weights`` may also name such a file, or be None for an untrained encoder of the same shape.
+:data:`DESIGNED` states which expert should help which task; the study's single-expert baselines check it
+(``python -m tiger.study.report``). The specialists' weights are cached on disk (``$TIGER_CACHE``, else
+``$XDG_CACHE_HOME/tiger``, else ``~/.cache/tiger``, under ``study_experts/``), never in git, and rebuilt
+deterministically from the seed when missing; ``weights`` may also name such a file, or be None for an
+untrained encoder of the same shape.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,17 +41,12 @@ from torch import Tensor, nn
 from tiger.experts import Expert, ExpertWeightsError, register_expert
 from tiger.experts.base import IMAGENET_MEAN, IMAGENET_STD, seeded
 
-PRETRAIN_VERSION = 1  # bump when the pretraining recipe changes: old cache files are then not reused
+PRETRAIN_VERSION = 2  # bump when the pretraining recipe changes: old cache files are then not reused
 PRETRAIN_SCENE_SEED = 7  # a scene stream of its own, apart from the study's training scenes (seed 0)
+PRETRAIN_SAMPLES = 256
 BATCH = 8
-PRETRAIN_WEIGHTS = {
-    "semseg": 1.0,
-    "human_parts": 2.0,
-    "sal": 5.0,
-    "depth": 1.0,
-    "normals": 10.0,
-    "edge": 50.0,
-}
+PATCH = 8  # pixels per token side: three stride-2 convolutions
+PRETRAIN_WEIGHTS = {"semseg": 1.0, "depth": 1.0, "normals": 10.0, "edge": 50.0}
 
 
 @dataclass(frozen=True)
@@ -53,46 +55,65 @@ class StudySpec:
 
     Attributes:
         name: registry name.
-        tasks: the task group a specialist is pretrained on; empty for a distractor.
-        noise_std: a distractor's noise standard deviation (unused for specialists).
+        cue: the channel a specialist reads (:data:`tiger.study.scenes.CUE_CHANNELS`); None for a distractor.
+        tasks: the task group a specialist is pretrained on.
+        width: the encoder's convolution width.
+        noise_std: a distractor's noise standard deviation.
     """
 
     name: str
+    cue: str | None = None
     tasks: tuple[str, ...] = ()
+    width: int = 32
     noise_std: float = 1.0
 
     @property
     def is_distractor(self) -> bool:
-        return not self.tasks
+        return self.cue is None
 
 
-STUDY_SEMANTICS = StudySpec("study_semantics", ("semseg", "human_parts", "sal"))
-STUDY_GEOMETRY = StudySpec("study_geometry", ("depth", "normals"))
-STUDY_BOUNDARY = StudySpec("study_boundary", ("edge",))
-STUDY_NOISE = StudySpec("study_noise", noise_std=1.0)
-STUDY_LOUD = StudySpec("study_loud", noise_std=100.0)
+SPECS = {
+    spec.name: spec
+    for spec in (
+        StudySpec("study_semantics", "semantics", ("semseg",)),
+        StudySpec("study_geometry", "geometry", ("depth", "normals")),
+        StudySpec("study_geometry_twin", "geometry", ("depth", "normals"), width=48),
+        StudySpec("study_boundary", "boundary", ("edge",)),
+        StudySpec("study_noise", noise_std=1.0),
+        StudySpec("study_loud", noise_std=100.0),
+    )
+}
+DESIGNED = {
+    "semseg": ("study_semantics",),
+    "depth": ("study_geometry", "study_geometry_twin"),
+    "normals": ("study_geometry", "study_geometry_twin"),
+    "edge": ("study_boundary",),
+}
+"""Task -> the experts designed to help it (the twin geometry experts share the geometry group)."""
+DISTRACTORS = ("study_noise", "study_loud")
+REDUNDANT_PAIR = ("study_geometry", "study_geometry_twin")
+TWIN_SEED_OFFSET = 1000  # the twin's default seed differs from its sibling's: another encoder
 
 
 class StudyEncoder(nn.Module):
-    """Four stride-2 3x3 convolutions (16 pixels per token) with GroupNorm and GELU, then a 1x1 bottleneck.
+    """One image channel -> three stride-2 3x3 convolutions (GroupNorm, GELU) -> a 1x1 bottleneck.
 
-    (B, 3, 16 H, 16 W) normalised images -> (B, channels, H, W).
+    (B, 3, 8 H, 8 W) normalised images -> (B, channels, H, W), reading channel ``cue_channel`` only.
     """
 
-    patch_size = 16
-
-    def __init__(self, channels: int = 8, width: int = 32) -> None:
+    def __init__(self, cue_channel: int, channels: int = 8, width: int = 32) -> None:
         super().__init__()
+        self.cue_channel = cue_channel
         layers: list[nn.Module] = []
-        previous = 3
-        for _ in range(4):
+        previous = 1
+        for _ in range(3):
             layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), nn.GroupNorm(4, width), nn.GELU()]
             previous = width
         layers.append(nn.Conv2d(width, channels, 1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.layers(pixels)
+        return self.layers(pixels[:, self.cue_channel : self.cue_channel + 1])
 
 
 class StudyExpert(Expert):
@@ -102,7 +123,7 @@ class StudyExpert(Expert):
         super().__init__(
             encoder,
             name=name,
-            patch_size=StudyEncoder.patch_size,
+            patch_size=PATCH,
             channels=channels,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
@@ -120,7 +141,7 @@ class NoiseExpert(Expert):
         super().__init__(
             nn.Identity(),
             name=name,
-            patch_size=StudyEncoder.patch_size,
+            patch_size=PATCH,
             channels=channels,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
@@ -142,31 +163,36 @@ def cache_dir() -> Path:
     return Path(root).expanduser() / "study_experts"
 
 
+def new_encoder(spec: StudySpec, seed: int, channels: int) -> StudyEncoder:
+    """The specialist's encoder at its initialisation (deterministic from the seed)."""
+    from tiger.study.scenes import CUE_CHANNELS
+
+    with seeded(seed):
+        return StudyEncoder(CUE_CHANNELS[spec.cue], channels, spec.width)
+
+
 def pretrain_encoder(spec: StudySpec, *, seed: int, channels: int, steps: int) -> dict[str, Tensor]:
-    """Pretrain a specialist on its task group of the synthetic scenes; returns the encoder's state dict.
+    """Pretrain a specialist on its task group of the factored scenes; returns the encoder's state dict.
 
     A linear read-out (1x1 convolution at the token grid, bilinearly upsampled to the image) on top of the
     encoder is trained with the reference per-pixel losses of its tasks (weights :data:`PRETRAIN_WEIGHTS`),
-    Adam, lr 2e-3, batch 8, on 256 scenes of 64x80 from their own scene stream; deterministic given the
+    Adam, lr 2e-3, batch 8, on 256 samples of 64x80 from their own scene stream; deterministic given the
     seed (the global RNG is left as it was).
     """
-    from tiger.data.synthetic import SyntheticScenes  # the study's data: only needed when pretraining
     from tiger.tasks import make_task
     from tiger.training.losses import task_loss
 
-    tasks = [make_task(name, num_classes=SyntheticScenes.num_semseg_classes) for name in spec.tasks]
-    scenes = SyntheticScenes(256, (64, 80), spec.tasks, seed=PRETRAIN_SCENE_SEED)
-    samples = [scenes[index] for index in range(len(scenes))]
-    images = torch.stack([sample["image"] for sample in samples])
-    targets = {task.name: torch.stack([sample[task.name] for sample in samples]) for task in tasks}
+    images, targets = pretraining_data()
+    tasks = [make_task(name, num_classes=images.num_semseg_classes) for name in spec.tasks]
+    images = images.tensor
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    with seeded(seed):
-        encoder = StudyEncoder(channels)
+    encoder = new_encoder(spec, seed, channels)
+    with seeded(seed + 1):
         readout = nn.Conv2d(channels, sum(task.channels for task in tasks), 1)
-        parameters = [*encoder.parameters(), *readout.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=2e-3)
-        order = torch.randperm(len(samples) * ((steps * BATCH) // len(samples) + 1)) % len(samples)
+        optimizer = torch.optim.Adam([*encoder.parameters(), *readout.parameters()], lr=2e-3)
+        count = len(images)
+        order = torch.randperm(count * ((steps * BATCH) // count + 1)) % count
         for step in range(steps):
             index = order[step * BATCH : (step + 1) * BATCH]
             logits = readout(encoder((images[index] - mean) / std))
@@ -178,6 +204,24 @@ def pretrain_encoder(spec: StudySpec, *, seed: int, channels: int, steps: int) -
             loss.backward()
             optimizer.step()
     return encoder.state_dict()
+
+
+class _Images(NamedTuple):
+    tensor: Tensor
+    num_semseg_classes: int
+
+
+@functools.lru_cache(maxsize=1)
+def pretraining_data() -> tuple[_Images, dict[str, Tensor]]:
+    """The pretraining samples (rendered once per process, shared by the specialists): images
+    (N, 3, 64, 80) and {task: targets (N, ...)} of every study task."""
+    from tiger.study.scenes import STUDY_TASKS, FactoredScenes  # the study's data: only for pretraining
+
+    scenes = FactoredScenes(PRETRAIN_SAMPLES, (64, 80), STUDY_TASKS, seed=PRETRAIN_SCENE_SEED)
+    samples = [scenes[index] for index in range(len(scenes))]
+    targets = {task: torch.stack([sample[task] for sample in samples]) for task in STUDY_TASKS}
+    images = _Images(torch.stack([sample["image"] for sample in samples]), scenes.num_semseg_classes)
+    return images, targets
 
 
 def _save_atomically(state: dict[str, Tensor], path: Path) -> None:
@@ -204,7 +248,7 @@ def build_study_expert(
     spec: StudySpec,
     weights: str | Path | None = "default",
     *,
-    seed: int = 0,
+    seed: int | None = None,
     channels: int = 8,
     pretrain_steps: int = 200,
 ) -> Expert:
@@ -214,7 +258,7 @@ def build_study_expert(
         spec: which one.
         weights: specialists: ``"default"`` (the cached pretrained encoder, pretrained now if missing), a
             file written by this module, or None (untrained encoder); distractors: ``"default"`` or None.
-        seed: seed of the pretraining (specialists).
+        seed: seed of the initialisation and pretraining (default 0; the twin's 1000).
         channels: feature channels C_k (the bottleneck width).
         pretrain_steps: optimisation steps of the pretraining.
     """
@@ -223,6 +267,8 @@ def build_study_expert(
             f"expert {spec.name!r}: channels and pretrain_steps must be >= 1, got {channels} and "
             f"{pretrain_steps}"
         )
+    if seed is None:
+        seed = TWIN_SEED_OFFSET if spec.name.endswith("_twin") else 0
     identity = {"name": spec.name, "weights": weights, "seed": seed, "channels": channels}
     if spec.is_distractor:
         if weights not in ("default", None):
@@ -231,13 +277,12 @@ def build_study_expert(
             )
         return NoiseExpert(name=spec.name, channels=channels, std=spec.noise_std, identity=identity)
     identity["pretrain_steps"] = pretrain_steps
-    with seeded(seed):
-        encoder = StudyEncoder(channels)
+    encoder = new_encoder(spec, seed, channels)
     if weights == "default":
-        path = cache_dir() / f"{spec.name}-v{PRETRAIN_VERSION}-seed{seed}-c{channels}-s{pretrain_steps}.pt"
+        stem = f"{spec.name}-v{PRETRAIN_VERSION}-seed{seed}-c{channels}-w{spec.width}-s{pretrain_steps}"
+        path = cache_dir() / f"{stem}.pt"
         if not path.is_file():
-            state = pretrain_encoder(spec, seed=seed, channels=channels, steps=pretrain_steps)
-            _save_atomically(state, path)
+            _save_atomically(pretrain_encoder(spec, seed=seed, channels=channels, steps=pretrain_steps), path)
         _load_encoder(path, encoder, spec.name)
     elif weights is not None:
         path = Path(weights).expanduser()
@@ -249,31 +294,5 @@ def build_study_expert(
     return StudyExpert(encoder, name=spec.name, channels=channels, identity=identity)
 
 
-@register_expert
-def study_semantics(weights: str | Path | None = "default", **options) -> Expert:
-    """The semantics specialist (semantic classes, human parts, saliency)."""
-    return build_study_expert(STUDY_SEMANTICS, weights, **options)
-
-
-@register_expert
-def study_geometry(weights: str | Path | None = "default", **options) -> Expert:
-    """The geometry specialist (depth, surface normals)."""
-    return build_study_expert(STUDY_GEOMETRY, weights, **options)
-
-
-@register_expert
-def study_boundary(weights: str | Path | None = "default", **options) -> Expert:
-    """The boundary specialist (object boundaries)."""
-    return build_study_expert(STUDY_BOUNDARY, weights, **options)
-
-
-@register_expert
-def study_noise(weights: str | Path | None = "default", **options) -> Expert:
-    """Unit Gaussian noise, drawn afresh at every call."""
-    return build_study_expert(STUDY_NOISE, weights, **options)
-
-
-@register_expert
-def study_loud(weights: str | Path | None = "default", **options) -> Expert:
-    """Gaussian noise of standard deviation 100, drawn afresh at every call."""
-    return build_study_expert(STUDY_LOUD, weights, **options)
+for _spec in SPECS.values():
+    register_expert(functools.partial(build_study_expert, _spec), name=_spec.name)
