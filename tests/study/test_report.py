@@ -72,7 +72,9 @@ def routed(designed_mass: float, spearman: float, delta: float) -> dict:
         "experts": list(EXPERTS),
         "usage": {t: {e: stats(v) for e, v in row.items()} for t, row in usage.items()},
         "usage_runs": [usage],
-        "shapley": {t: {"spearman": stats(spearman), "useless_mass": stats(1 - designed_mass)} for t in usage},
+        "shapley": {
+            t: {"spearman": stats(spearman), "useless_mass": stats(1 - designed_mass)} for t in usage
+        },
         "agreement": {"subtract": {t: {"spearman": stats(0.1)} for t in usage}},
         "delta_m": stats(delta, 0.5),
         "metrics": {},

@@ -32,9 +32,9 @@ def test_the_three_scenes_of_a_sample_are_independent_draws(scenes: FactoredScen
     assert not np.array_equal(geometry.edge, outlines.edge)
     # across samples, the class-identity channel says nothing about the depth target
     data = FactoredScenes(24, (48, 64), ("semseg", "depth"), seed=5)
-    grey, depth = zip(
-        *((raw["image"][..., 0].mean(), raw["depth"].mean()) for raw in map(data.load_raw, range(24)))
-    )
+    samples = [data.load_raw(index) for index in range(24)]
+    grey = [sample["image"][..., 0].mean() for sample in samples]
+    depth = [sample["depth"].mean() for sample in samples]
     assert abs(np.corrcoef(grey, depth)[0, 1]) < 0.5  # independent scenes: no strong link (24 samples)
 
 

@@ -17,7 +17,7 @@ def test_routing_and_shapley_credit_find_the_specialists(study_multirun: Path) -
     usage = results["routing"]["usage"]
     assert set(usage["edge"]) == {"study_geometry", "study_boundary", "study_noise", "study_loud"}
     edge, depth = usage["edge"], usage["depth"]
-    # edges: the boundary specialist takes most of the mass, each distractor a little (measured: 96%, 2%, 0.4%)
+    # edges: the boundary specialist takes most of the mass, each distractor little (measured: 96%, 2%, 0.4%)
     assert edge["study_boundary"] > 0.8
     assert edge["study_boundary"] > 10 * max(edge["study_noise"], edge["study_loud"])
     # depth: the geometry specialist takes the largest share (measured: 59%, the loud distractor 29%)

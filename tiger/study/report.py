@@ -163,8 +163,8 @@ def report(table: dict[str, Any]) -> str:
             [e] + [_pm(m.get(t), digits=4 if t == "depth" else 2) for t in tasks] for e, m in singles.items()
         ]
         parts.append("### Single-expert baselines (mean ± std over seeds)\n\n" + markdown(header, rows))
-        header = ["task", "designed", "its lead over every other expert (σ)", "specialists outside the group vs "
-                  "unit noise (σ)", "answer proven"]  # fmt: skip
+        header = ["task", "designed", "its lead over every other expert (σ)",
+                  "specialists outside the group vs unit noise (σ)", "answer proven"]  # fmt: skip
         rows = [
             [task, ", ".join(p["designed"]),
              ", ".join(f"{e} {_sigma(v)}" for e, v in p["lead_over_every_other"].items()),
@@ -210,7 +210,7 @@ def report(table: dict[str, Any]) -> str:
 
 def _curves(table: dict[str, Any]) -> str:
     rows = []
-    for name, entry in table.items():
+    for entry in table.values():
         if len(entry["experts"]) != 1 or not entry["curves"] or not entry["curves"][0]:
             continue
         for task, points in entry["curves"][0].items():
