@@ -13,7 +13,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from PIL import Image
 
-from tiger.analysis.results import gather
+from tiger.study.report import summary
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURES = {
@@ -21,6 +21,7 @@ FIGURES = {
     "02_routing_weights": ["routing_maps.png", "expert_usage.png", "routing_agreement.png"],
     "03_task_instructions": ["task_similarity.png", "task_similarity_weights.png"],
     "04_known_answer_study": [
+        "baseline_curves.png",
         "routing_mass.png",
         "faithfulness.png",
         "routing_over_steps.png",
@@ -49,7 +50,7 @@ def kernel(
     ``TIGER_NOTEBOOK_OUT`` to a temporary folder."""
     workdir = tmp_path_factory.mktemp("notebooks")
     study = workdir / "study.json"
-    study.write_text(json.dumps(gather([study_multirun])))
+    study.write_text(json.dumps(summary([study_multirun])))
     env = offline_env()
     env.update(
         TIGER_CHECKPOINT=str(tiny_checkpoint),

@@ -66,6 +66,8 @@ def proof(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         higher = MAIN_METRIC[task][1]
         others = [expert for expert in singles if expert not in designed]
+        if not others:
+            continue  # nothing to be separated from
         leads = {
             specialist: min(lead(singles[specialist][task], singles[o][task], higher) for o in others)
             for specialist in designed
@@ -230,6 +232,13 @@ def _curves(table: dict[str, Any]) -> str:
     )
 
 
+def summary(folders: Sequence[Path]) -> dict[str, Any]:
+    """``{"table": the gathered runs, "proof": :func:`proof`, "routing": :func:`routing`}`` (the JSON the
+    study's notebook reads)."""
+    table = gather(folders)
+    return {"table": table, "proof": proof(table), "routing": routing(table)}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,9 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the gathered figures here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    table = gather(args.multiruns)
-    study = {"table": table, "proof": proof(table), "routing": routing(table)}
-    text = report(table)
+    study = summary(args.multiruns)
+    text = report(study["table"])
     print(text)
     for path, content in ((args.json, json.dumps(study, indent=2)), (args.markdown, text + "\n")):
         if path is not None:

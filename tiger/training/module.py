@@ -143,7 +143,9 @@ class TigerModule(L.LightningModule):
         for name, metric in self.val_metrics.items():
             values = metric.compute()
             metric.reset()
-            self.log_dict({f"val/{name}/{key}": float(value) for key, value in values.items()})
+            # float64: the results table and results.json keep the metric's own precision
+            logged = {f"val/{name}/{key}": torch.as_tensor(v, dtype=torch.float64) for key, v in values.items()}
+            self.log_dict(logged)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
