@@ -51,7 +51,7 @@ class RoutingMonitor(Callback):
       the usage table (``val/usage_table``) go to each logger that holds pictures (TensorBoard, W&B), once
       per validation, from the main process.
 
-    With one expert there is no routing to judge: only the usage is kept.
+    With one expert there is no routing to judge: only the usage is kept (and no figure is logged).
 
     Args:
         removals: removal modes whose counterfactual target is compared with alpha (each costs M decoder
@@ -173,7 +173,8 @@ class RoutingMonitor(Callback):
                 logged[f"val/shapley/{task}/{key}"] = row[key]
         pl_module.log_dict(logged)
         example, self._example = self._example, None
-        if self.log_figures and example is not None and trainer.is_global_zero:
+        routed = len(pl_module.net.expert_names) > 1
+        if self.log_figures and routed and example is not None and trainer.is_global_zero:
             image, alpha, grid = example
             names = pl_module.net.task_names, pl_module.net.expert_names
             figure = render_figure(plot_routing(image, alpha, grid, *names), FIGURE_SIDE)
