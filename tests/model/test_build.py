@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
 
 from tiger.inference import load_model
 from tiger.model import TigerConfig
 from tiger.model.build import build_tiger
 from tiger.model.checkpoint import CheckpointError, read_checkpoint
+from tiger.predict import main as predict_main
 
 USER_MODULE = '''
     """A user's own backbone, outside the tiger package."""
@@ -76,7 +78,7 @@ def user_cnn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_user_experts_train_end_to_end_and_their_checkpoint_rebuilds_them(
-    compose_train, user_cnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    compose_train, user_cnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     from tiger.train import train
 
@@ -99,6 +101,10 @@ def test_user_experts_train_end_to_end_and_their_checkpoint_rebuilds_them(
     assert missing.value.name == "user_cnn"
     for part in (str(checkpoint), "expert role 'mine'", "module 'user_cnn' cannot be imported", "PYTHONPATH"):
         assert part in message, (part, message)
+    image_file = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((48, 60, 3), np.uint8)).save(image_file)
+    assert predict_main([str(checkpoint), str(image_file), "--out", str(tmp_path / "out")]) == 2
+    assert f"error: {message}" in capsys.readouterr().err  # the command line says the same, no traceback
 
     monkeypatch.syspath_prepend(str(user_cnn))
     predictor = load_model(checkpoint)
