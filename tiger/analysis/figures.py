@@ -367,7 +367,7 @@ def plot_task_similarity(sims: dict[str, ArrayLike], task_names: Sequence[str]) 
 
 def render_figure(fig: Figure, max_side: int = MAX_SIDE) -> np.ndarray:
     """``fig`` as an RGB picture (H, W, 3) uint8, drawn at :data:`DPI` or at the lower resolution that
-    keeps its longer side at most ``max_side`` pixels (what a logger receives)."""
+    keeps its longer side at most ``max_side`` pixels (what a logger receives); sets the figure's dpi."""
     width, height = fig.get_size_inches()
     fig.set_dpi(min(DPI, max_side / max(width, height)))
     canvas = FigureCanvasAgg(fig)
