@@ -185,3 +185,19 @@ def test_a_16_bit_grey_png_is_scaled_not_white(tmp_path):
     np.testing.assert_array_equal(
         image, np.repeat(np.array([[0, 100], [200, 255]], np.uint8)[..., None], 3, -1)
     )
+
+
+def test_outputs_of_an_earlier_run_left_in_the_folder_are_listed(
+    tiny_checkpoint: Path, image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    wide, tall = str(image_folder / "wide.png"), str(image_folder / "tall.jpg")
+    assert main([str(tiny_checkpoint), wide, tall, "--out", str(out), "--no-routing"]) == 0
+    assert "warning" not in capsys.readouterr().err  # a fresh folder: nothing to say
+    # another model (here: fewer tasks) over the same folder: the earlier files stay, and are listed
+    assert main([str(tiny_checkpoint), wide, "--out", str(out), "--tasks", "depth", "--overwrite"]) == 0
+    message = capsys.readouterr().err
+    assert f"warning: {out} also holds 22 files that this run did not write" in message
+    assert "depth/ (1), edge/ (2), human_parts/ (2), normals/ (2), sal/ (2)" in message  # tall's depth, ...
+    assert "and 7 more folders" in message and "python -m tiger.evaluate" in message
+    assert (out / "semseg" / "wide.png").is_file()  # nothing is deleted

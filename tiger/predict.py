@@ -14,8 +14,12 @@ error) gets, at its original size:
 * ``DIR/routing/<id>.png``: the per-task, per-expert routing-weight maps (unless ``--no-routing``).
 
 Existing files are never overwritten without ``--overwrite``: the run stops before any work and lists
-them. An image that cannot be read or predicted is reported and skipped; the run goes on and exits with
-status 1 if any failed. A file that is not a TIGER checkpoint, missing inputs or bad options: status 2.
+them. Files already in DIR that this run does not write (other tasks or images of an earlier run, perhaps of
+another model) stay, and are listed at the end by folder, so the folder is not mistaken for the output of
+this model alone (``python -m tiger.evaluate`` scores every task folder it finds). An image that cannot be
+read or predicted is reported and skipped; the run goes on and exits with status 1 if any failed. A file
+that is not a TIGER checkpoint, an expert whose module cannot be imported, missing inputs or bad options:
+status 2.
 """
 
 from __future__ import annotations
@@ -146,6 +150,26 @@ def output_paths(out: Path, image_id: str, tasks: Sequence[Task], routing: bool)
     return paths
 
 
+def earlier_outputs(out: Path, ids: Sequence[str], tasks: Sequence[Task], routing: bool) -> list[Path]:
+    """The files in ``out`` that this run will not write (an earlier run's), sorted."""
+    if not out.is_dir():
+        return []
+    written = {path for image_id in ids for path in output_paths(out, image_id, tasks, routing)}
+    return sorted(path for path in out.rglob("*") if path.is_file() and path not in written)
+
+
+def earlier_warning(out: Path, earlier: Sequence[Path]) -> str:
+    """What a user reads about the files of an earlier run left in ``out``: how many, in which folders."""
+    folders = Counter(path.parent.relative_to(out).as_posix() for path in earlier)
+    listed = ", ".join(f"{folder}/ ({count})" for folder, count in sorted(folders.items())[:SHOW_CONFLICTS])
+    more = f" and {len(folders) - SHOW_CONFLICTS} more folders" if len(folders) > SHOW_CONFLICTS else ""
+    return (
+        f"warning: {out} also holds {len(earlier)} files that this run did not write (an earlier run's, "
+        f"perhaps of another model): {listed}{more}. They stay; `python -m tiger.evaluate {out}` would score "
+        "their task folders as well. Use an empty --out to keep one model's predictions apart."
+    )
+
+
 def check_out(out: Path) -> None:
     """A usage error unless ``out`` is (or can be made) a writable folder: checked before any work."""
     for folder in (out, *out.parents):
@@ -241,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(existing)} output files exist already (use --overwrite to replace them):"
                 f"\n  {shown}{more}"
             )
+    earlier = earlier_outputs(args.out, ids, chosen, routing)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{len(files)} images -> {args.out} (tasks: {', '.join(tasks)}); {predictor}", file=sys.stderr)
@@ -281,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: converted {sum(converted.values())} non-RGB images to RGB ({modes})", file=sys.stderr)
     done = len(files) - len(failures)
     print(f"wrote predictions for {done} of {len(files)} images to {args.out}", file=sys.stderr)
+    if earlier:
+        print(earlier_warning(args.out, earlier), file=sys.stderr)
     if failures:
         print(f"{len(failures)} failed:", file=sys.stderr)
         for path, reason in failures:
@@ -308,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (UsageError, FileNotFoundError, ValueError) as error:
+    except (UsageError, FileNotFoundError, ModuleNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except RuntimeError as error:

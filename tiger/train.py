@@ -23,6 +23,7 @@ from tiger.analysis.report import split_metrics, write_report
 from tiger.model.checkpoint import check_resumable
 from tiger.options import OptionError
 from tiger.training.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
+from tiger.training.console import quiet_intended_messages
 from tiger.training.runs import refuse_existing_run, resolve_checkpoint
 
 
@@ -83,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``results["checkpoint"]`` is the best checkpoint (else ``last.ckpt``), ``results["monitor"]`` the
     metric that picked it.
     """
+    quiet_intended_messages()
     set_threads(cfg.get("torch_threads"))
     output_dir = Path(cfg.paths.output_dir)
     # Hydra's RunFolderGuard refused an earlier run's folder before Hydra wrote .hydra/ and the log
@@ -104,8 +106,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     results = checkpoint_results(trainer, output_dir)
     if cfg.get("final_report", True):
-        (logged,) = trainer.validate(
-            module, datamodule=datamodule, ckpt_path=results["checkpoint"] or None, weights_only=True
+        (logged,) = trainer.validate(  # not verbose: the report below prints the results table
+            module,
+            datamodule=datamodule,
+            ckpt_path=results["checkpoint"] or None,
+            weights_only=True,
+            verbose=False,
         )
         monitor = _callback(trainer, RoutingMonitor)
         results["metrics"] = split_metrics(logged, module.net.task_names)

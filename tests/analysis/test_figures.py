@@ -13,6 +13,7 @@ from tiger.analysis.figures import (
     colorize,
     plot_prediction,
     plot_routing,
+    render_figure,
     routing_maps,
     save_figure,
 )
@@ -163,3 +164,16 @@ def test_figures_of_a_large_photo_are_drawn_at_a_bounded_resolution(tmp_path: Pa
         (128, 0, 0),
     }  # nearest: palette colours only
     assert_not_blank(save_figure(fig, tmp_path / "prediction.png"))
+
+
+def test_a_rendered_figure_is_an_rgb_picture_of_bounded_size() -> None:
+    alpha = torch.rand(3, 4, 12).softmax(1)
+    image = np.zeros((24, 32, 3), np.uint8)
+    fig = plot_routing(image, alpha, (3, 4), ["semseg", "depth", "edge"], ["a", "b", "c", "d"])
+    picture = render_figure(fig, max_side=300)
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    assert max(picture.shape[:2]) == 300  # the longer side, at the lower resolution that fits
+    assert picture.std() > 10.0
+    small = plot_routing(image, alpha[:1, :2], (3, 4), ["semseg"], ["a", "b"])
+    unbounded = render_figure(small, max_side=10_000)  # never drawn above the saving resolution
+    assert max(unbounded.shape[:2]) == round(120 * max(small.get_size_inches()))

@@ -37,7 +37,7 @@ def test_grid_is_never_truncated(tiny_config, grid, shown):
         ({"tasks": ["depth", "depth"]}, r"^tasks names a task twice: \['depth', 'depth'\]$"),
         ({"tasks": []}, r"^tasks must be a non-empty list of task names"),
         ({"experts": {}}, r"^experts must name at least one expert"),
-        ({"experts": {"sam": {"weights": None}}}, r"^experts.sam must be a spec with a 'name'"),
+        ({"experts": {"sam": {"weights": None}}}, r"^experts.sam must be a spec with a 'name' or"),
         ({"task_weights": {"depth": -1.0}}, r"^task_weights.depth must be >= 0, got -1.0$"),
         ({"task_weights": {"depth": float("inf")}}, r"^task_weights.depth must be a finite number"),
         ({"task_weights": {"flow": 1.0}}, r"^task_weights must be one of .* got 'flow'$"),

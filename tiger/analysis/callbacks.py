@@ -1,5 +1,10 @@
 """The callback that records routing over a run: what the end-of-run report, ``results.json`` and the logger
-show about the router."""
+show about the router.
+
+At every validation the routing figure of one validation image and the expert-usage table also go to the
+run's loggers, through each logger's own API: TensorBoard (``add_image`` and ``add_text``) and Weights &
+Biases (``log_image`` and ``log_table``). Other loggers (CSV) cannot hold a picture and get the scalars only;
+the end-of-run report saves the last routing figure as ``routing.png`` in any case."""
 
 from __future__ import annotations
 
@@ -7,12 +12,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from torch import Tensor
 
-from tiger.analysis.routing import RoutingStatistics, counterfactual_importance, mean_usage, shapley_credit
+from tiger.analysis.figures import MAX_SIDE, plot_routing, render_figure
+from tiger.analysis.routing import (
+    RoutingStatistics,
+    counterfactual_importance,
+    format_usage_table,
+    mean_usage,
+    shapley_credit,
+)
 from tiger.model.tiger import REMOVALS, TigerOutput
-from tiger.options import choice, integer
+from tiger.options import choice, flag, integer
+
+FIGURE_SIDE = 2 * MAX_SIDE
+"""Pixels on the longer side of the routing figure sent to a logger (its labels stay legible)."""
+ROUTING_FIGURE = "val/routing"
+USAGE_TABLE = "val/usage_table"
 
 
 class RoutingMonitor(Callback):
@@ -26,9 +46,12 @@ class RoutingMonitor(Callback):
       on the first ``shapley_images`` images (per process), faithfulness against exact Shapley credit
       (``model.loss.removal`` for absent experts). Logged as ``val/usage/<task>/<expert>``,
       ``val/target_agreement/<removal>/<task>/{spearman,top1}`` and ``val/shapley/<task>/{spearman,top1,
-      useless_mass}``; the last validation's figures are :attr:`last`.
+      useless_mass}``; the last validation's figures are :attr:`last`. With ``log_figures``, the routing
+      figure of the first validation image (``val/routing``, at most :data:`FIGURE_SIDE` pixels a side) and
+      the usage table (``val/usage_table``) go to each logger that holds pictures (TensorBoard, W&B), once
+      per validation, from the main process.
 
-    With one expert there is no routing to judge: only the usage is kept.
+    With one expert there is no routing to judge: only the usage is kept (and no figure is logged).
 
     Args:
         removals: removal modes whose counterfactual target is compared with alpha (each costs M decoder
@@ -37,6 +60,7 @@ class RoutingMonitor(Callback):
             passes each batch, M <= 6); 0 turns it off.
         shapley_permutations: sampled orderings when M > 6.
         every_n_steps: training steps between history entries (None: ``trainer.log_every_n_steps``).
+        log_figures: send the routing figure and the usage table to the loggers at every validation.
     """
 
     def __init__(
@@ -45,6 +69,7 @@ class RoutingMonitor(Callback):
         shapley_images: int = 0,
         shapley_permutations: int = 64,
         every_n_steps: int | None = None,
+        log_figures: bool = True,
     ) -> None:
         self.removals = [choice(removal, "removals", REMOVALS) for removal in removals]
         self.shapley_images = integer(shapley_images, "shapley_images", minimum=0)
@@ -52,10 +77,12 @@ class RoutingMonitor(Callback):
         if every_n_steps is not None:
             integer(every_n_steps, "every_n_steps", minimum=1)
         self.every_n_steps = every_n_steps
+        self.log_figures = flag(log_figures, "log_figures")
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
         self._statistics: RoutingStatistics | None = None
         self._credited = 0
+        self._example: tuple[Tensor, Tensor, tuple[int, int]] | None = None  # a validation image, alpha, grid
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -101,6 +128,9 @@ class RoutingMonitor(Callback):
     ) -> None:
         if self._statistics is None or not isinstance(outputs, TigerOutput):
             return
+        if self._example is None:
+            image, alpha = batch["image"][0].float().cpu(), outputs.alpha[0].float().cpu()
+            self._example = (image, alpha, outputs.grid)
         net, config = pl_module.net, pl_module.loss_config
         targets = {name: batch[name] for name in net.task_names}
         importance = {
@@ -142,3 +172,26 @@ class RoutingMonitor(Callback):
             for key in ("spearman", "top1", "useless_mass"):
                 logged[f"val/shapley/{task}/{key}"] = row[key]
         pl_module.log_dict(logged)
+        example, self._example = self._example, None
+        routed = len(pl_module.net.expert_names) > 1
+        if self.log_figures and routed and example is not None and trainer.is_global_zero:
+            image, alpha, grid = example
+            names = pl_module.net.task_names, pl_module.net.expert_names
+            figure = render_figure(plot_routing(image, alpha, grid, *names), FIGURE_SIDE)
+            for logger in trainer.loggers:
+                log_routing(logger, figure, summary["usage"], trainer.global_step)
+
+
+def log_routing(logger: Logger, figure: np.ndarray, usage: dict[str, dict[str, float]], step: int) -> None:
+    """Send a routing figure (H, W, 3) uint8 and a usage table ({task: {expert: mean alpha}}) to ``logger``
+    with its own API; a logger that holds no pictures (CSV) gets nothing."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(ROUTING_FIGURE, figure, global_step=step, dataformats="HWC")
+        table = "\n".join("    " + line for line in format_usage_table(usage).splitlines())  # preformatted
+        logger.experiment.add_text(USAGE_TABLE, table, global_step=step)
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(key=ROUTING_FIGURE, images=[figure], step=step)
+        experts = list(next(iter(usage.values())))
+        rows = [[task, *(100 * row[expert] for expert in experts)] for task, row in usage.items()]
+        columns = ["task", *(f"{expert} %" for expert in experts)]
+        logger.log_table(key=USAGE_TABLE, columns=columns, data=rows, step=step)

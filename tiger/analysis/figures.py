@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
@@ -30,6 +31,7 @@ ArrayLike = np.ndarray | Tensor
 
 ROUTING_CMAP = "viridis"
 MAX_SIDE = 512  # figures draw images and maps at most this many pixels on their longer side
+DPI = 120  # dots per inch of a saved or rendered figure
 
 
 def _numpy(value: ArrayLike) -> np.ndarray:
@@ -363,7 +365,18 @@ def plot_task_similarity(sims: dict[str, ArrayLike], task_names: Sequence[str]) 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+def render_figure(fig: Figure, max_side: int = MAX_SIDE) -> np.ndarray:
+    """``fig`` as an RGB picture (H, W, 3) uint8, drawn at :data:`DPI` or at the lower resolution that
+    keeps its longer side at most ``max_side`` pixels (what a logger receives); sets the figure's dpi."""
+    width, height = fig.get_size_inches()
+    fig.set_dpi(min(DPI, max_side / max(width, height)))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    picture = np.asarray(canvas.buffer_rgba())[..., :3]
+    return np.ascontiguousarray(_shrink(picture, bounded_size(picture.shape[:2], max_side)))
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG (creating parent folders) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

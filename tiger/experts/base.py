@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,7 +92,8 @@ class Expert(nn.Module):
         if tuple(features.shape) != expected:
             raise RuntimeError(
                 f"expert {self.name!r} returned features of shape {tuple(features.shape)}, "
-                f"expected {expected}"
+                f"expected {expected}: (images, its channels, its input size {size} divided by its "
+                f"patch size {self.patch_size})"
             )
         return features
 
@@ -102,10 +103,19 @@ class Expert(nn.Module):
 
 class ModuleExpert(Expert):
     """Any feature extractor as a frozen expert: ``backbone`` maps normalised images (B, 3, H p, W p) to a
-    feature map (B, C, H, W) (a CNN's output at total stride p, a ViT's patch tokens as a map, ...)."""
+    feature map (B, C, H, W) (a CNN's output at total stride p, a ViT's patch tokens as a map, ...).
+
+    A backbone that returns several maps gives its last one: the last of a list or tuple (timm's
+    ``features_only`` models) or the last value of a dict (torchvision's ``create_feature_extractor``).
+    """
 
     def extract(self, pixels: Tensor, grid: tuple[int, int]) -> Tensor:
-        return self.backbone(pixels)
+        features = self.backbone(pixels)
+        if isinstance(features, Mapping):
+            features = list(features.values())
+        if isinstance(features, Sequence):
+            features = features[-1]
+        return features
 
 
 def check_grid(grid: Sequence[int], images: Tensor) -> tuple[int, int]:

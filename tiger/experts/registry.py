@@ -1,6 +1,7 @@
-"""Name -> builder: ``build_expert("dinov2_l14")``, ``build_expert("timm:vit_small_patch16_224")``, or a name
-that a module of the user's registers with :func:`register_expert`
-(``build_expert("my_net", module="my.pkg")``).
+"""Expert spec -> frozen expert: ``build_expert("dinov2_l14")``,
+``build_expert("timm:vit_small_patch16_224")``, a name that a module of the user's registers with
+:func:`register_expert` (``build_expert("my_net", module="my.pkg")``), or any callable, the Hydra way
+(``build_expert(_target_="my.pkg.make_backbone", patch_size=16, ...)``, :mod:`tiger.experts.target`).
 
 The built-in families are imported on first use, so importing :mod:`tiger.experts` does not load open_clip,
 transformers, segment-anything and timm.
@@ -11,9 +12,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tiger.experts.base import TIMM_PREFIX, Expert
+from tiger.experts.target import TARGET, instantiate_expert
 
 # built-in name -> (module, spec constant, builder function); builders take (spec, weights, **options)
 BUILTIN: dict[str, tuple[str, str, str]] = {
@@ -78,10 +80,11 @@ def known_experts() -> list[str]:
     return [*BUILTIN, *_REGISTERED]
 
 
-def build_expert(
-    name: str, weights: str | Path | None = "default", module: str | None = None, **options
-) -> Expert:
-    """Build a frozen expert by name.
+def build_expert(name: str | None = None, **spec: Any) -> Expert:
+    """Build a frozen expert from its spec; ``build_expert(**expert.identity)`` rebuilds an expert.
+
+    A spec with ``_target_`` is built by :func:`tiger.experts.target.instantiate_expert` (any callable that
+    returns an expert or a plain feature-extractor module); any other spec names its expert:
 
     Args:
         name: one of :func:`known_experts`, ``timm:<model_name>``, or a name registered by ``module``.
@@ -95,13 +98,22 @@ def build_expert(
             table, default True), ``norm`` and ``model_kwargs`` (timm: final norm, ``timm.create_model``
             args); a registered builder's own options.
 
-    ``build_expert(**expert.identity)`` rebuilds an expert.
-
     Raises:
         ValueError: unknown name.
-        ModuleNotFoundError: ``module`` cannot be imported (naming it).
+        ModuleNotFoundError: the spec's ``module`` or the module of its ``_target_`` cannot be imported
+            (naming it).
         ExpertWeightsError: weights unavailable (offline hub, missing or unsuitable file).
     """
+    if TARGET in spec:
+        return instantiate_expert(name=name, **spec)
+    if name is None:
+        raise TypeError(f"an expert spec needs a 'name' or a '{TARGET}', got {spec!r}")
+    return _build_named_expert(name, **spec)
+
+
+def _build_named_expert(
+    name: str, weights: str | Path | None = "default", module: str | None = None, **options
+) -> Expert:
     if module is not None:
         _import_registering_module(module, name)
     if name.startswith(TIMM_PREFIX):
@@ -120,7 +132,11 @@ def build_expert(
         family = importlib.import_module(module_name)
         expert = getattr(family, builder_name)(getattr(family, spec_name), weights, **options)
     else:
-        hint = "" if module else "; an expert of your own module needs experts.<role>.module=<the module>"
+        hint = (
+            ""
+            if module
+            else ("; an expert of your own module needs experts.<role>.module=<the module>, or a _target_")
+        )
         raise ValueError(
             f"unknown expert {name!r}; known experts: {known_experts()} or 'timm:<model_name>'{hint}"
         )
@@ -135,5 +151,6 @@ def _import_registering_module(module: str, name: str) -> None:
     except ModuleNotFoundError as error:
         raise ModuleNotFoundError(
             f"expert {name!r} is registered by module {module!r}, which cannot be imported ({error}); "
-            "install it or put it on PYTHONPATH"
+            "install it or put the folder that holds it on PYTHONPATH",
+            name=module,
         ) from error

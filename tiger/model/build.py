@@ -10,6 +10,7 @@ from torch import Tensor
 
 from tiger import options
 from tiger.experts import ExpertWeightsError, build_expert
+from tiger.experts.target import TARGET
 from tiger.model import checkpoint
 from tiger.model.config import TigerConfig
 from tiger.model.instructions import encode_instructions
@@ -29,6 +30,7 @@ def build_tiger(config: TigerConfig, instruction_embeddings: Tensor | None = Non
     Raises:
         tiger.options.OptionError: an expert option out of range, named ``experts.<role>.<option>``.
         tiger.experts.ExpertWeightsError: an expert's weights cannot be found.
+        ModuleNotFoundError: the module an expert comes from cannot be imported (naming it and the role).
     """
     tasks = [
         make_task(
@@ -46,7 +48,10 @@ def build_tiger(config: TigerConfig, instruction_embeddings: Tensor | None = Non
     experts = []
     for role, spec in config.experts.items():
         with options.option_prefix(f"experts.{role}"):
-            experts.append(build_expert(**spec))
+            try:
+                experts.append(build_expert(**spec))
+            except ModuleNotFoundError as error:
+                raise ModuleNotFoundError(f"expert role {role!r}: {error}", name=error.name) from error
     return TIGER(experts, tasks, config, instruction_embeddings)
 
 
@@ -67,6 +72,8 @@ def tiger_from_checkpoint(
             and the keys / shapes).
         tiger.experts.ExpertWeightsError: an expert's weights cannot be found (with a hint on
             ``expert_weights``).
+        ModuleNotFoundError: an expert's module (``module`` or ``_target_``) cannot be imported here (naming
+            it, the role and ``source``).
     """
     section, state = saved[checkpoint.SECTION], saved["state_dict"]
     stored = dict(section["net"])
@@ -84,6 +91,12 @@ def tiger_from_checkpoint(
             f"expert_weights names roles {unknown} that {source} does not have; its roles: {roles}"
         )
     for role, identity in zip(roles, identities, strict=True):
+        if role in overrides and TARGET in identity:
+            raise checkpoint.CheckpointError(
+                f"expert_weights names role {role!r}, whose expert {source} builds with "
+                f"{identity[TARGET]} and the arguments stored with it; its weights are that callable's "
+                "business, not expert_weights'"
+            )
         if role in overrides:
             identity["weights"] = None if overrides[role] is None else str(overrides[role])
     try:
@@ -105,6 +118,12 @@ def tiger_from_checkpoint(
         raise ExpertWeightsError(
             f"{error}\n(inference: give local weights per expert role with load_model(..., expert_weights="
             f"{{role: path}}) or `python -m tiger.predict ... --expert-weights role=path`; roles: {listed})"
+        ) from error
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            f"{source}: cannot rebuild its experts: {error}. The checkpoint stores how to build each expert, "
+            "not the code: make that module importable where you load it",
+            name=error.name,
         ) from error
     except (ValueError, TypeError, RuntimeError) as error:
         raise checkpoint.CheckpointError(

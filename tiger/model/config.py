@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiger import options
+from tiger.experts.target import TARGET
 from tiger.model.instructions import DEFAULT_ENCODER
 from tiger.tasks import TASKS
 
@@ -24,8 +25,10 @@ class TigerConfig:
     """What TIGER is built from.
 
     Attributes:
-        experts: expert role -> spec ``{name, weights, [module], **options}`` for
-            :func:`tiger.experts.build_expert` (a list of specs is keyed by their names).
+        experts: expert role -> spec for :func:`tiger.experts.build_expert`: ``{name, weights, [module],
+            **options}``, or ``{_target_, [name], **arguments}`` (any callable, see
+            :mod:`tiger.experts.target`; its ``name`` defaults to the role). A list of specs is keyed by
+            their names.
         tasks: task names, in output order.
         grid: the shared token grid (H, W).
         num_semseg_classes: classes of ``semseg`` (NYUD 40, PASCAL 21); required when ``semseg`` is a task.
@@ -146,8 +149,12 @@ def _experts(experts: Any) -> dict[str, dict[str, Any]]:
         raise options.OptionError("experts", f"must name at least one expert (role: spec), got {experts!r}")
     checked = {}
     for role, spec in experts.items():
+        if isinstance(spec, Mapping) and TARGET in spec:
+            spec = {**spec, "name": spec.get("name") or str(role)}
         if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-            raise options.OptionError(f"experts.{role}", f"must be a spec with a 'name', got {spec!r}")
+            raise options.OptionError(
+                f"experts.{role}", f"must be a spec with a 'name' or a '{TARGET}', got {spec!r}"
+            )
         checked[str(role)] = plain(spec)
     return checked
 
