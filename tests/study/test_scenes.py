@@ -26,6 +26,24 @@ def test_each_channel_encodes_one_scenes_cue(scenes: FactoredScenes) -> None:
     assert raw["edge_seism"].dtype == np.uint8 and raw["edge_seism"].any()
 
 
+def test_scenes_are_rolled_so_that_no_task_has_a_positional_prior() -> None:
+    from tiger.data.synthetic.scenes import generate_scene
+    from tiger.study.scenes import rolled
+
+    scene = generate_scene(0, 0, (48, 64))
+    moved = rolled(scene, (5, 7))
+    assert np.array_equal(moved.semseg, np.roll(scene.semseg, (5, 7), axis=(0, 1)))
+    assert np.array_equal(moved.normals, np.roll(scene.normals, (5, 7), axis=(0, 1)))
+    assert moved.edge[:, 6].any() or moved.edge[4, :].any()  # the seams are boundaries where labels change
+    # over many samples the floor (class 0) is as likely at the top as at the bottom of the image
+    data = FactoredScenes(48, (48, 64), ("semseg",), seed=2)
+    floor = np.mean([data.load_raw(i)["semseg"] == 0 for i in range(48)], axis=0)
+    top, bottom = floor[:16].mean(), floor[-16:].mean()
+    unrolled = np.mean([generate_scene(2, i, (48, 64)).semseg == 0 for i in range(48)], axis=0)
+    assert unrolled[-16:].mean() > 3 * unrolled[:16].mean()  # a room's floor is at the bottom ...
+    assert abs(top - bottom) < 0.5 * max(top, bottom)  # ... rolled, it is anywhere
+
+
 def test_the_three_scenes_of_a_sample_are_independent_draws(scenes: FactoredScenes) -> None:
     semantics, geometry, outlines = scenes.scenes(0)
     assert not np.array_equal(semantics.semseg, geometry.semseg)

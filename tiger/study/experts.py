@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tiger.experts import Expert, ExpertWeightsError, register_expert
 from tiger.experts.base import IMAGENET_MEAN, IMAGENET_STD, seeded
 
-PRETRAIN_VERSION = 2  # bump when the pretraining recipe changes: old cache files are then not reused
+PRETRAIN_VERSION = 3  # bump when the pretraining recipe changes: old cache files are then not reused
 PRETRAIN_SCENE_SEED = 7  # a scene stream of its own, apart from the study's training scenes (seed 0)
 PRETRAIN_SAMPLES = 256
 BATCH = 8
@@ -176,8 +176,8 @@ def pretrain_encoder(spec: StudySpec, *, seed: int, channels: int, steps: int) -
 
     A linear read-out (1x1 convolution at the token grid, bilinearly upsampled to the image) on top of the
     encoder is trained with the reference per-pixel losses of its tasks (weights :data:`PRETRAIN_WEIGHTS`),
-    Adam, lr 2e-3, batch 8, on 256 samples of 64x80 from their own scene stream; deterministic given the
-    seed (the global RNG is left as it was).
+    Adam, lr 2e-3, batch 8, on 256 samples of 64x80 from their own scene stream (600 steps by default);
+    deterministic given the seed (the global RNG is left as it was).
     """
     from tiger.tasks import make_task
     from tiger.training.losses import task_loss
@@ -250,7 +250,7 @@ def build_study_expert(
     *,
     seed: int | None = None,
     channels: int = 8,
-    pretrain_steps: int = 200,
+    pretrain_steps: int = 600,
 ) -> Expert:
     """Build a study expert.
 

@@ -13,13 +13,19 @@ B (2)    outlines, scene C        255 on scene C's object boundaries, else 0    
 
 The three scenes are independent draws, so a channel carries no information about the other channels'
 targets: an expert that reads one channel is, by construction, unable to help outside its task group
-(normals come from the depth's own geometry: the fog cue carries them). Training draws keep the channels
-apart: horizontal flips only (no photometric distortion, which would mix the channels, and no rescaling,
-which would change the depth target but not the fog).
+(normals come from the depth's own geometry: the fog cue carries them). Each scene is also rolled
+(shifted cyclically) by its own random offset before it is shown, so no task has a positional prior that an
+uninformative but image-dependent expert could give away (rooms have floors at the bottom and walls above;
+rolled, every class, depth and boundary is equally likely anywhere); the boundaries are those of the rolled
+instances, seams included. Training draws keep the channels apart: horizontal flips only (no photometric
+distortion, which would mix the channels, and no rescaling, which would change the depth target but not the
+fog).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +34,13 @@ import numpy as np
 from tiger.data import MultiTaskDataModule, MultiTaskDataset
 from tiger.data.common import RawSample
 from tiger.data.synthetic import SYNTHETIC_SPLIT_OFFSETS
-from tiger.data.synthetic.scenes import NUM_SCENE_CLASSES, SCENE_CLASSES, Scene, generate_scene
+from tiger.data.synthetic.scenes import (
+    NUM_SCENE_CLASSES,
+    SCENE_CLASSES,
+    Scene,
+    generate_scene,
+    instance_boundaries,
+)
 from tiger.data.transforms import EvalTransform, TrainTransform
 from tiger.metrics.boundary_ops import seg2bmap
 
@@ -37,6 +49,17 @@ CUE_CHANNELS = {"semantics": 0, "geometry": 1, "boundary": 2}
 """The image channel of each cue."""
 CLASS_LEVEL = 28  # grey level step between classes: 28, 56, ..., 224 for the 8 classes
 FOG_DEPTH = 4.0  # metres: the fog's e-folding depth
+
+
+def rolled(scene: Scene, shift: tuple[int, int]) -> Scene:
+    """``scene`` shifted cyclically by ``shift`` (rows, columns), boundaries from the shifted instances."""
+    roll = functools.partial(np.roll, shift=shift, axis=(0, 1))
+    instance = roll(scene.instance)
+    arrays = ("image", "semseg", "depth", "normals", "part_name", "parts", "sal")
+    return dataclasses.replace(
+        scene, instance=instance, edge=instance_boundaries(instance).astype(np.uint8),
+        **{name: roll(getattr(scene, name)) for name in arrays},
+    )  # fmt: skip
 
 
 def factored_image(semantics: Scene, geometry: Scene, outlines: Scene) -> np.ndarray:
@@ -81,11 +104,15 @@ class FactoredScenes(MultiTaskDataset):
         self._raw: dict[int, RawSample] = {}  # rendering three scenes is the slow part: once per sample
 
     def scenes(self, index: int) -> tuple[Scene, Scene, Scene]:
-        """The sample's three scenes: (class identity, geometry, outlines)."""
+        """The sample's three scenes, each rolled by its own offset: (class identity, geometry, outlines)."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        first = 3 * (self.first_index + index)
-        return tuple(generate_scene(self.seed, first + cue, self.size) for cue in range(3))  # type: ignore[return-value]
+        number = 3 * (self.first_index + index)
+        shifts = np.random.default_rng([self.seed, number]).integers(0, self.size, size=(3, 2))
+        return tuple(  # type: ignore[return-value]
+            rolled(generate_scene(self.seed, number + cue, self.size), (int(dy), int(dx)))
+            for cue, (dy, dx) in enumerate(shifts)
+        )
 
     def load_raw(self, index: int) -> RawSample:
         if index not in self._raw:
