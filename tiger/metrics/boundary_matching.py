@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from tiger.metrics.boundary_bsds import MULTIPLIER, check_matching, correspondence_count, outlier_weight
 from tiger.metrics.boundary_ops import ThinningSweep, edge_nms, quantize_probability, thin
 
 # 0.001, 0.01, 0.02, ..., 0.99, 0.999 (PROTOCOL.md section 4, item 3).
@@ -360,7 +361,15 @@ def _neighbour_csr(
     return indptr, (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64))
 
 
-def sweep_counts(edges: np.ndarray, gt: np.ndarray, radius: float, thresholds: np.ndarray) -> np.ndarray:
+def sweep_counts(
+    edges: np.ndarray,
+    gt: np.ndarray,
+    radius: float,
+    thresholds: np.ndarray,
+    *,
+    matching: str = "bsds",
+    seed: int = 0,
+) -> np.ndarray:
     """Counts of ``thin(edges > t)`` matched to ``gt`` within ``radius`` pixels, for every threshold.
 
     Args:
@@ -368,10 +377,15 @@ def sweep_counts(edges: np.ndarray, gt: np.ndarray, radius: float, thresholds: n
         gt: (H, W) bool thinned ground-truth boundary.
         radius: matching radius in pixels.
         thresholds: (T,) strictly increasing.
+        matching: ``"bsds"`` (the reference ``correspondPixels`` assignment, see
+            :mod:`~tiger.metrics.boundary_bsds`) or ``"maximum"`` (a maximum-cardinality matching).
+        seed: ``"bsds"`` only: threshold ``i`` draws its random outlier links from
+            ``numpy.random.default_rng([seed, i])``.
 
     Returns:
         (4, T) int64: rows :data:`MATCHED_PRED`, :data:`NUM_PRED`, :data:`MATCHED_GT`, :data:`NUM_GT`.
     """
+    check_matching(matching)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.ndim != 1 or thresholds.size == 0 or np.any(np.diff(thresholds) <= 0):
         raise ValueError(f"thresholds must be a non-empty strictly increasing 1-D array, got {thresholds}")
@@ -413,14 +427,59 @@ def sweep_counts(edges: np.ndarray, gt: np.ndarray, radius: float, thresholds: n
     near_on = np.searchsorted(near, batch_end, side="left")
     # Initial matching: nodes added from the highest threshold's down, so it prefers them.
     matcher.initialise(np.split(lowest, np.searchsorted(lowest, near_on[:0:-1])))
-    counts[MATCHED_PRED, 0] = counts[MATCHED_GT, 0] = matcher.size
-    for i in range(num_thresholds - 1):
-        matcher.limit = int(near_on[i + 1])
-        leaving, entering = node_of_pixel[entered_at[i]], node_of_pixel[left_at[i]]
-        matcher.add(entering[entering >= 0])  # first: pixels entering sit next to those leaving
-        matcher.remove(leaving[leaving >= 0])
-        counts[MATCHED_PRED, i + 1] = counts[MATCHED_GT, i + 1] = matcher.size
+    correspond = _BsdsCounter(matcher, ys[near], xs[near], gt, radius, seed) if matching == "bsds" else None
+    for i in range(num_thresholds):
+        if i > 0:
+            matcher.limit = int(near_on[i])
+            leaving, entering = node_of_pixel[entered_at[i - 1]], node_of_pixel[left_at[i - 1]]
+            matcher.add(entering[entering >= 0])  # first: pixels entering sit next to those leaving
+            matcher.remove(leaving[leaving >= 0])
+        matched = matcher.size if correspond is None else correspond.count(i)
+        counts[MATCHED_PRED, i] = counts[MATCHED_GT, i] = matched
     return counts
+
+
+class _BsdsCounter:
+    """The ``correspondPixels`` count at each threshold, from the sweep's current maximum matching.
+
+    The real links and their costs ``rint(100 * distance)`` are those of the matcher's CSR (every
+    prediction node is within the radius of a ground-truth pixel: the matchable ones).
+    """
+
+    def __init__(
+        self,
+        matcher: _IncrementalMatcher,
+        pred_ys: np.ndarray,
+        pred_xs: np.ndarray,
+        gt: np.ndarray,
+        radius: float,
+        seed: int,
+    ) -> None:
+        self.matcher, self.seed = matcher, seed
+        height = gt.shape[0]
+        gys, gxs = np.nonzero(gt)
+        self.pred_keys = pred_xs.astype(np.int64) * height + pred_ys
+        self.gt_keys = gxs.astype(np.int64) * height + gys
+        owner = matcher.entry_owner
+        d2 = (gys[matcher.indices] - pred_ys[owner]) ** 2 + (gxs[matcher.indices] - pred_xs[owner]) ** 2
+        self.entry_cost = np.rint(np.sqrt(d2) * MULTIPLIER).astype(np.int64)
+        self.outlier_cost = outlier_weight(radius)
+
+    def count(self, index: int) -> int:
+        """The count at threshold ``index`` (the matcher holds that threshold's maximum matching)."""
+        matcher = self.matcher
+        active = np.flatnonzero(matcher.active)
+        owner, position = _ragged_positions(matcher.indptr, active)
+        return correspondence_count(
+            self.pred_keys[active],
+            self.gt_keys,
+            owner,
+            matcher.indices[position],
+            self.entry_cost[position],
+            matcher.pred_mate[active],
+            np.random.default_rng([self.seed, index]),
+            self.outlier_cost,
+        )
 
 
 def image_boundary_counts(
@@ -430,6 +489,8 @@ def image_boundary_counts(
     thresholds: np.ndarray = SEISM_THRESHOLDS,
     *,
     apply_nms: bool = True,
+    matching: str = "bsds",
+    seed: int = 0,
 ) -> np.ndarray:
     """The SEISM counts of one un-padded image at every threshold.
 
@@ -439,6 +500,10 @@ def image_boundary_counts(
         gt: (H, W) ground-truth boundary map (bool or {0, 1}); thinned here.
         max_dist: matching tolerance as a fraction of the image diagonal (NYUD 0.011, PASCAL 0.0075).
         thresholds: (T,) strictly increasing; the protocol's 101 by default.
+        matching: ``"bsds"`` (default: the assignment of the reference ``correspondPixels``, see
+            :mod:`~tiger.metrics.boundary_bsds`) or ``"maximum"`` (a maximum-cardinality matching).
+        seed: ``"bsds"`` only: the seed of the random outlier links (threshold ``i`` uses
+            ``numpy.random.default_rng([seed, i])``).
 
     Returns:
         (4, T) int64 counts, rows :data:`MATCHED_PRED`, :data:`NUM_PRED`, :data:`MATCHED_GT`,
@@ -453,8 +518,16 @@ def image_boundary_counts(
         raise ValueError(f"boundary ground truth must be binary {{0, 1}}, got values {np.unique(gt)[:10]}")
     if max_dist <= 0:
         raise ValueError(f"max_dist must be > 0 (a fraction of the image diagonal), got {max_dist}")
+    check_matching(matching)
     edges = quantize_probability(prob)
     if apply_nms:
         edges = edge_nms(edges)
     radius = max_dist * float(np.hypot(*prob.shape))
-    return sweep_counts(edges, thin(gt.astype(bool)), radius, np.asarray(thresholds, dtype=np.float64))
+    return sweep_counts(
+        edges,
+        thin(gt.astype(bool)),
+        radius,
+        np.asarray(thresholds, dtype=np.float64),
+        matching=matching,
+        seed=seed,
+    )
