@@ -30,16 +30,18 @@ run), ours from numpy's PCG64 seeded with ``(seed, threshold index)`` (so our co
 subsets have the same law (uniform, independent per node).
 
 Solvers. :func:`min_cost_count` solves the assignment with scipy's LAPJVsp
-(:func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`), the same problem CSA solves. It takes
-0.5-3 s per threshold on a 425x560 map, too slow for 101 thresholds; it is used for small graphs and by
-the tests. :func:`lexicographic_count` is the fast path: the optimum of the costs counted in units of
+(:func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`), the problem CSA solves. From scratch it
+takes 0.3-3 s per threshold on a 425x560 map (Google OR-tools' cost-scaling solver, CSA's descendant, is
+no faster), too slow for 101 thresholds; it serves graphs of at most :data:`EXACT_NODES` nodes a side and
+the tests. :func:`lexicographic_count` is the fast path: an optimum of the costs counted in units of
 ``ow`` (real 0, outlier 1, overlay 100), which fixes the matched count (``n - outlier links - overlay
-links``); the distances only break ties among those optima. It differs from the min-cost count only if
-giving up a pair could save more than ``ow`` of distance, which needs an alternating cycle of about 100
-matched pairs all lengthened; the tests compare both on every threshold of random maps. It runs the
-Hungarian primal-dual method: started from the maximum matching of the real links and its Koenig cover
-(the optimal dual when outliers are unconstrained), it alternates max flows on the tight links (scipy's
-Dinic) and dual steps, typically twice, and ends with an LP optimality certificate that is checked.
+links``); distances only choose among those optima. The two counts can differ only if giving up a pair
+saved more than ``ow`` of distance, which needs an alternating cycle of about 100 pairs, each lengthened;
+the tests compare both at every threshold of random maps. It is the Hungarian primal-dual method: start
+from the sweep's maximum matching of the real links and its Koenig cover (optimal duals were outliers
+unconstrained; if the outliers then take every unmatched pixel, that is the optimum), then alternate
+breadth-first searches of the tight links (scipy, in C), augmenting along disjoint paths, and dual steps;
+it ends with an LP optimality certificate (dual feasible, perfect, tight) that is checked.
 """
 
 from __future__ import annotations
@@ -171,13 +173,14 @@ def _koenig_start(
 
 
 def _csr(tails: np.ndarray, heads: np.ndarray, size: int) -> sparse.csr_array:
-    """A (size, size) 0/1 int32 CSR matrix of the arcs ``tails -> heads``: ``tails`` sorted, no arc
-    repeated (built directly, without scipy's conversion and duplicate summing)."""
+    """A (size, size) 0/1 float64 CSR matrix of the arcs ``tails -> heads``: ``tails`` sorted, no arc
+    repeated. Built directly and marked canonical (no repeats), so scipy's graph routines neither copy,
+    re-sort nor sum duplicates."""
     indptr = np.zeros(size + 1, dtype=np.int32)
     np.cumsum(np.bincount(tails, minlength=size), out=indptr[1:])
-    return sparse.csr_array(
-        (np.ones(len(tails), dtype=np.int32), heads.astype(np.int32), indptr), shape=(size, size)
-    )
+    graph = sparse.csr_array((np.ones(len(tails)), heads.astype(np.int32), indptr), shape=(size, size))
+    graph.has_canonical_format = True
+    return graph
 
 
 class _TightMatching:
@@ -188,46 +191,47 @@ class _TightMatching:
         self.left_mate = np.full(n, -1, dtype=np.int64)
         self.right_mate = np.full(n, -1, dtype=np.int64)
 
-    def _residual(self, tight: np.ndarray, with_sink: bool) -> sparse.csr_array:
-        """Residual network: tight unmatched left -> right, matched right -> left (free right -> sink),
-        source -> free left. Node ids: left 0..n-1, right n..2n-1, source 2n, sink 2n + 1. The links
-        are sorted by left node (see :func:`lexicographic_count`), so the arcs come sorted by tail."""
+    def _residual(self, tight: np.ndarray) -> sparse.csr_array:
+        """Residual network: tight unmatched left -> right, matched right -> left, source -> free left.
+        Node ids: left 0..n-1, right n..2n-1, source 2n. The links are sorted by left node (see
+        :func:`lexicographic_count`), so the arcs come sorted by tail."""
         n = self.n
         lefts, rights = self.left[tight], self.right[tight]
         unmatched = self.left_mate[lefts] != rights
-        back = np.where(self.right_mate >= 0, self.right_mate, 2 * n + 1)
-        right_nodes = np.arange(n) if with_sink else np.flatnonzero(self.right_mate >= 0)
+        matched_right = np.flatnonzero(self.right_mate >= 0)
         free_left = np.flatnonzero(self.left_mate < 0)
-        tails = np.concatenate([lefts[unmatched], n + right_nodes, np.full(len(free_left), 2 * n)])
-        heads = np.concatenate([n + rights[unmatched], back[right_nodes], free_left])
-        return _csr(tails, heads, 2 * n + 2)
+        tails = np.concatenate([lefts[unmatched], n + matched_right, np.full(len(free_left), 2 * n)])
+        heads = np.concatenate([n + rights[unmatched], self.right_mate[matched_right], free_left])
+        return _csr(tails, heads, 2 * n + 1)
 
-    def maximise(self, tight: np.ndarray) -> None:
-        """Augment to a maximum matching of the tight links (scipy's Dinic max flow on the residual
-        network; Hopcroft-Karp from scratch can be very slow on these graphs)."""
-        n = self.n
-        flow = csgraph.maximum_flow(self._residual(tight, True), 2 * n, 2 * n + 1, method="dinic")
-        if flow.flow_value == 0:
-            return
-        moved = flow.flow.tocoo()
-        positive = moved.data > 0
-        tails, heads = moved.row[positive], moved.col[positive]
-        released = (tails >= n) & (tails < 2 * n) & (heads < n)  # right -> its old left mate
-        self.left_mate[heads[released]] = -1
-        self.right_mate[tails[released] - n] = -1
-        taken = (tails < n) & (heads >= n) & (heads < 2 * n)  # left -> its new right mate
-        self.left_mate[tails[taken]] = heads[taken] - n
-        self.right_mate[heads[taken] - n] = tails[taken]
+    def search(self, tight: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """One breadth-first search of the residual network from the free left nodes (scipy, in C).
 
-    def reached(self, tight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(left, right) bool: nodes on alternating tight paths from the free left nodes."""
+        If it reaches free right nodes, the matching is augmented along vertex-disjoint paths of the search
+        forest (at least one). Returns (left, right) bool masks of the nodes reached, and whether it
+        augmented; when it did not, the matching is maximum on the tight links.
+        """
         n = self.n
-        order = csgraph.breadth_first_order(
-            self._residual(tight, False), 2 * n, directed=True, return_predecessors=False
+        source = 2 * n
+        order, parent = csgraph.breadth_first_order(
+            self._residual(tight), source, directed=True, return_predecessors=True
         )
-        reached = np.zeros(2 * n + 2, dtype=bool)
+        reached = np.zeros(2 * n + 1, dtype=bool)
         reached[order] = True
-        return reached[:n], reached[n : 2 * n]
+        ends = np.flatnonzero(reached[n : 2 * n] & (self.right_mate < 0))
+        used: set[int] = set()
+        for end in ends.tolist():
+            path, node = [], n + end  # right, left, right, left, ..., the free left
+            while node != source:
+                path.append(node)
+                node = int(parent[node])
+            if used.intersection(path):
+                continue
+            used.update(path)
+            for right, left in zip(path[0::2], path[1::2], strict=True):
+                self.left_mate[left] = right - n
+                self.right_mate[right - n] = left
+        return reached[:n], reached[n : 2 * n], bool(used)
 
 
 def _complete_outliers(
@@ -274,8 +278,6 @@ def lexicographic_count(
     n = n1 + n2
     if n1 == 0 or n2 == 0:
         return 0
-    order = np.argsort(left, kind="stable")  # the residual networks are built sorted by tail
-    left, right, kind = left[order], right[order], kind[order]
     matching = _TightMatching(n, left, right)
     matched = np.flatnonzero(p_mate >= 0)
     matching.left_mate[matched] = p_mate[matched]
@@ -283,22 +285,23 @@ def lexicographic_count(
     if _complete_outliers(n1, n2, left, right, kind, matching):
         # cost n - |p_mate|: the least possible even with unconstrained outliers, p_mate being maximum
         return len(matched)
+    order = np.argsort(left, kind="stable")  # the residual networks are built sorted by tail
+    left, right, kind = left[order], right[order], kind[order]
+    matching.left, matching.right = left, right
     cost = _UNIT_COST[kind]
     in_cover_p, in_cover_g = _koenig_start(n1, n2, left[kind == REAL], right[kind == REAL], p_mate)
     u = np.concatenate([1 - in_cover_p, np.ones(n2, dtype=np.int64)])
     v = np.concatenate([-in_cover_g, np.zeros(n1, dtype=np.int64)])
     reduced = cost - u[left] - v[right]
     while not (matching.left_mate >= 0).all():
-        reached_left, reached_right = matching.reached(reduced == 0)
-        if (reached_right & (matching.right_mate < 0)).any():  # an augmenting path of tight links
-            matching.maximise(reduced == 0)
+        reached_left, reached_right, augmented = matching.search(reduced == 0)
+        if augmented:
             continue
         leaving = reached_left[left] & ~reached_right[right]
         step = int(reduced[leaving].min())  # > 0: no tight link leaves the reached set
         u[reached_left] += step
         v[reached_right] -= step
         reduced = cost - u[left] - v[right]
-        matching.maximise(reduced == 0)
     reduced = cost - u[left] - v[right]
     mates = matching.left_mate
     if reduced.min() < 0 or (reduced[mates[left] == right] != 0).sum() != 0:
