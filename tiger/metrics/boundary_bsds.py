@@ -157,9 +157,7 @@ def _koenig_start(
     unmatched predictions; with any matching these marks give dual-feasible potentials on which the
     matching is tight (see :func:`lexicographic_count`).
     """
-    g_mate = np.full(n2, -1, dtype=np.int64)
     matched = np.flatnonzero(p_mate >= 0)
-    g_mate[p_mate[matched]] = matched
     source = n1 + n2
     free = np.flatnonzero(p_mate < 0)
     tails = np.concatenate([real_p, n1 + p_mate[matched], np.full(len(free), source)])
@@ -293,15 +291,23 @@ def lexicographic_count(
     u = np.concatenate([1 - in_cover_p, np.ones(n2, dtype=np.int64)])
     v = np.concatenate([-in_cover_g, np.zeros(n1, dtype=np.int64)])
     reduced = cost - u[left] - v[right]
-    while not (matching.left_mate >= 0).all():
+    # Each round augments (<= n times) or raises the dual objective by >= 1 (it starts >= -n and cannot
+    # pass the overlay assignment's cost, 100 n): a bound that turns a bug into an error, not a hang.
+    for _ in range((int(_UNIT_COST[OVERLAY]) + 3) * n):
+        if (matching.left_mate >= 0).all():
+            break
         reached_left, reached_right, augmented = matching.search(reduced == 0)
         if augmented:
             continue
         leaving = reached_left[left] & ~reached_right[right]
-        step = int(reduced[leaving].min())  # > 0: no tight link leaves the reached set
+        step = int(reduced[leaving].min()) if leaving.any() else 0
+        if step <= 0:  # > 0 by construction: no tight link leaves the reached set
+            raise RuntimeError(f"bsds matching: a dual step of {step} (a bug)")
         u[reached_left] += step
         v[reached_right] -= step
         reduced = cost - u[left] - v[right]
+    else:
+        raise RuntimeError("bsds matching: no perfect assignment after the bound on rounds (a bug)")
     reduced = cost - u[left] - v[right]
     mates = matching.left_mate
     if reduced.min() < 0 or (reduced[mates[left] == right] != 0).sum() != 0:
