@@ -5,13 +5,16 @@ thinned, and its pixels are matched one to one to the thinned ground-truth bound
 ``max_dist * diagonal`` (Euclidean distance <= radius). The four counts are (matched prediction pixels,
 prediction pixels, matched ground-truth pixels, ground-truth pixels).
 
-Matching. The reference ``correspondPixels`` (BSDS / SEISM) solves a min-cost assignment (CSA) where a pair
-within the radius costs its distance and every unmatched pixel costs ``100 * radius``: it first maximises the
-number of pairs, then minimises their total length; its sparse random outlier graph can only make it match
-fewer. We compute an exact *maximum-cardinality* matching within the radius, so our counts are >= the
-reference's and in practice equal to them (only the count enters P and R).
+Matching (option ``matching``). The reference ``correspondPixels`` (BSDS / SEISM) solves a min-cost perfect
+assignment (CSA) in which the links to "unmatched" outlier nodes form a sparse random graph; that graph can
+deny a maximum matching, so its counts are a few per 10,000 below a maximum matching's.
 
-Speed (all 101 thresholds of a 425x560 map in about 0.5-1 s of one core).
+* ``"bsds"`` (default): that assignment, its graph built rule for rule with seeded random links
+  (:mod:`~tiger.metrics.boundary_bsds`), solved at each threshold from the sweep's maximum matching below.
+* ``"maximum"``: an exact *maximum-cardinality* matching within the radius, the sweep's own (counts >= the
+  reference's; about 10x faster).
+
+Speed of the maximum matching (all 101 thresholds of a 425x560 map in about 0.4 s of one core).
 
 * Thresholded maps are nested: pass 1 grows the map from the highest threshold to the lowest and keeps
   its thinning up to date by replaying only what changes (:class:`~.boundary_ops.ThinningSweep`), which
@@ -23,8 +26,9 @@ Speed (all 101 thresholds of a 425x560 map in about 0.5-1 s of one core).
   initial matching is built that way, so as the threshold rises few matched pixels leave.
 * Searches that grow too long fall back to a max flow (scipy's Dinic, in C) on the residual network.
 
-Every count equals a brute-force reference (skimage thinning and a max flow per threshold): see
-``tests/metrics/test_boundary_matching.py``.
+Every maximum-matching count equals a brute-force reference (skimage thinning and a max flow per threshold):
+see ``tests/metrics/test_boundary_matching.py``; the ``"bsds"`` counts equal a transcription of ``match.cc``
+solved from scratch: ``tests/metrics/test_boundary_bsds.py``.
 """
 
 from __future__ import annotations
