@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiger.data.common import CorruptFileError, UnsupportedImageError, image_to_rgb, read_rgb
+from tiger.data.common import (
+    CorruptFileError,
+    UnsupportedImageError,
+    decode_normals_png,
+    image_to_rgb,
+    read_rgb,
+)
 
 
 def test_16_bit_grey_pngs_are_scaled_not_clipped_to_white(tmp_path):
@@ -54,3 +60,18 @@ def test_other_modes_are_refused_naming_file_and_mode(tmp_path):
     negative = Image.fromarray(np.array([[-5, 70000]], dtype=np.int32))
     with pytest.raises(UnsupportedImageError, match=r"i.tif: PIL mode 'I' with values -5..70000"):
         image_to_rgb(negative, "i.tif")
+
+
+def test_normals_png_decodes_every_pixel_as_the_reference():
+    """``2 * png / 255 - 1`` for every pixel (InvPT): (0, 0, 0) is (-1, -1, -1), not a marker, and no png
+    value decodes to the zero-length vector the metrics ignore."""
+    levels = np.arange(256, dtype=np.uint8)
+    png = np.stack([levels, levels[::-1], np.zeros(256, np.uint8)], axis=-1)[None]
+    normals = decode_normals_png(png)
+    assert normals.dtype == np.float32 and normals.shape == (1, 256, 3)
+    np.testing.assert_allclose(normals[0, :, 0], 2 * levels.astype(float) / 255 - 1, atol=1e-6)
+    np.testing.assert_array_equal(normals[0, 0], [-1.0, 1.0, -1.0])
+    np.testing.assert_array_equal(decode_normals_png(np.zeros((2, 2, 3), np.uint8)), -1.0)
+    assert (normals[0, :, 0] != 0).all()
+    with pytest.raises(ValueError, match=r"normals png must be \(H, W, 3\) uint8"):
+        decode_normals_png(np.zeros((2, 2), np.uint8))

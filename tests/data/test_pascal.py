@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 from skimage.morphology import thin
 
@@ -15,6 +16,7 @@ from tiger.data import CorruptFileError, DatasetLayoutError, LabelShapeError, Pa
 from tiger.data.pascal import HUMAN_PART_GROUPS, NORMALS_VALID_CONTEXT_IDS, PERSON_CLASS, edge_from_label_map
 from tiger.data.synthetic.scenes import PERSON, PLANT
 from tiger.data.synthetic.trees import CONTEXT_CLASS_IDS, VOC_CLASS_IDS, pascal_voc_semseg
+from tiger.metrics import NormalsError
 
 TASKS = ["semseg", "human_parts", "sal", "normals", "edge"]
 
@@ -143,6 +145,40 @@ def test_normals_masked_by_label_map(dataset, pascal_tree):
         assert (normals[invalid] == 0).all()
         np.testing.assert_allclose(normals[~invalid], scene.normals[~invalid], atol=1 / 255 + 1e-6, rtol=0)
     assert masked > 0
+
+
+def test_a_black_normals_pixel_is_the_vector_minus_one_and_counts_in_merr(pascal_tree):
+    """The probe of issue 17: a (0, 0, 0) patch inside a valid class decodes, as InvPT decodes it, to
+    (-1, -1, -1) and counts in mErr with the direction (-1, -1, -1) / sqrt(3); the zero-length vectors of an
+    invalid class (after the LabelMap mask) are still ignored."""
+    index, image_id = next(
+        (i, image_id)
+        for i, image_id in enumerate(pascal_tree.splits["train"])
+        if (pascal_tree.scene(image_id).semseg == PLANT).any()
+    )
+    plant = pascal_tree.scene(image_id).semseg == PLANT  # Context 308: not a valid normals class
+    windows = np.lib.stride_tricks.sliding_window_view(plant, (4, 4)).any(axis=(2, 3))
+    row, col = np.argwhere(~windows)[0]
+    patch = np.zeros_like(plant)
+    patch[row : row + 4, col : col + 4] = True
+    assert patch.sum() == 16 and not (patch & plant).any()
+    path = pascal_tree.root / "normals_distill" / f"{image_id}.png"
+    png = np.array(Image.open(path))
+    png[patch | plant] = 0
+    Image.fromarray(png).save(path)
+
+    normals = PascalContext(pascal_tree.root, "train", ["normals"]).load_raw(index)["normals"]
+    assert (normals[patch] == -1.0).all() and (normals[plant] == 0.0).all()
+    target = torch.from_numpy(normals).permute(2, 0, 1)[None]
+    prediction = target.clone()  # exact everywhere ...
+    prediction[0, :, torch.from_numpy(patch)] = torch.tensor([0.0, 0.0, 1.0])[:, None]  # ... but the patch
+    prediction[0, :, torch.from_numpy(plant)] = torch.tensor([1.0, 0.0, 0.0])[:, None]  # ignored pixels
+    metric = NormalsError()
+    metric.update(prediction, target)
+    valid = int((~plant).sum())
+    angle = np.degrees(np.arccos(-1 / np.sqrt(3)))  # (0, 0, 1) against (-1, -1, -1) / sqrt(3): 125.26 deg
+    assert metric.compute()["mErr"].item() == pytest.approx(16 * angle / valid, rel=1e-6)
+    assert metric.count.item() == valid  # the black patch counts, the invalid class does not
 
 
 def test_saliency_threshold(dataset, pascal_tree):

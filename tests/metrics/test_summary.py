@@ -42,6 +42,8 @@ def test_build_metric_picks_the_metric_and_its_options():
     assert isinstance(build_metric(make_task("edge"), "synthetic"), BoundaryF)
     assert build_metric(make_task("sal", double_sigmoid=True), "pascal").double_sigmoid
     assert build_metric(make_task("edge", workers=3), "pascal").workers == 3
+    assert build_metric(make_task("edge", matching="maximum"), "nyud").matching == "maximum"
+    assert build_metric(make_task("edge"), "nyud").matching == "bsds"
     with pytest.raises(
         TypeError, match="task 'depth' \\(Depth\\) has no option 'double_sigmoid'; its options: none"
     ):

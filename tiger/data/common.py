@@ -205,14 +205,16 @@ def check_classes(label: np.ndarray, num_classes: int, path: Path, what: str) ->
 
 
 def decode_normals_png(png: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W, 3) float32 ``2 * png / 255 - 1``.
+    """(H, W, 3) uint8 -> (H, W, 3) float32 ``2 * png / 255 - 1``, every pixel, as the reference decodes.
 
-    A pixel stored as (0, 0, 0) cannot encode a unit vector (it would decode to (-1, -1, -1)); it is the
-    invalid marker and decodes to the all-zero vector.
+    InvPT (NYUD ``_load_normals``, PASCAL ``_load_normals_distilled``) decodes every pixel so and ignores
+    only zero-length vectors (``AddIgnoreRegions``): those PASCAL's class mask zeroes, and padding. No png
+    value decodes to 0 (``2k - 255`` is odd), so a png marks nothing invalid: a pixel (0, 0, 0) is the
+    vector (-1, -1, -1), the direction (-1, -1, -1) / sqrt(3), and counts in mErr.
     """
-    normals = png.astype(np.float32) * np.float32(2.0 / 255.0) - 1.0
-    normals[(png == 0).all(-1)] = 0.0
-    return normals
+    if png.dtype != np.uint8 or png.ndim != 3 or png.shape[-1] != 3:
+        raise ValueError(f"normals png must be (H, W, 3) uint8, got {png.shape} {png.dtype}")
+    return png.astype(np.float32) * np.float32(2.0 / 255.0) - 1.0
 
 
 def read_split(path: Path, layout: str) -> list[str]:

@@ -6,8 +6,9 @@ file is taken with whichever extension is present. Decoding:
 
 * semseg ``segmentation/<id>.png``: 0..40, ``0 -> 255`` (ignore), others ``-1`` -> 40 classes.
 * depth ``depth/<id>.npy``: metres, 0 = invalid.
-* normals ``normals/<id>.npy`` (H, W, 3) in [-1, 1], or ``normals/<id>.png`` ``2 * png / 255 - 1``
-  (a png pixel (0, 0, 0) is invalid); an all-zero vector is invalid.
+* normals ``normals/<id>.npy`` (H, W, 3) in [-1, 1], or ``normals/<id>.png`` ``2 * png / 255 - 1`` for
+  every pixel, as InvPT decodes it (a png pixel (0, 0, 0) is the vector (-1, -1, -1), not a marker); an
+  all-zero vector is invalid (the .npy's invalid pixels; no png value decodes to it).
 * edge ``edge/<id>.npy`` binary float, or ``edge/<id>.png`` ``png / 255``.
 """
 

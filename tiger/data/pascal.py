@@ -11,7 +11,8 @@ Decoding, per task:
   first use and kept under the user cache, never written into the data set) is all background; the
   transforms then ignore a map that is all 0/255 entirely.
 * sal: ``sal_distill/<id>.png / 255 > 0.5``.
-* normals: ``2 * normals_distill/<id>.png / 255 - 1``, zeroed (invalid) where the ``LabelMap`` of
+* normals: ``2 * normals_distill/<id>.png / 255 - 1`` for every pixel (a png pixel (0, 0, 0) is the
+  vector (-1, -1, -1), as InvPT decodes it), zeroed (invalid) where the ``LabelMap`` of
   ``pascal-context/trainval/<id>.mat`` is not one of :data:`NORMALS_VALID_CONTEXT_IDS`.
 * edge: ``thin(|Laplacian(LabelMap)| > 0)`` (3x3 Laplacian, mirrored border as OpenCV's default), the
   training target; the boundary metric's ground truth ``edge_seism`` is ``seg2bmap(LabelMap)``, as

@@ -5,13 +5,16 @@ thinned, and its pixels are matched one to one to the thinned ground-truth bound
 ``max_dist * diagonal`` (Euclidean distance <= radius). The four counts are (matched prediction pixels,
 prediction pixels, matched ground-truth pixels, ground-truth pixels).
 
-Matching. The reference ``correspondPixels`` (BSDS / SEISM) solves a min-cost assignment (CSA) where a pair
-within the radius costs its distance and every unmatched pixel costs ``100 * radius``: it first maximises the
-number of pairs, then minimises their total length; its sparse random outlier graph can only make it match
-fewer. We compute an exact *maximum-cardinality* matching within the radius, so our counts are >= the
-reference's and in practice equal to them (only the count enters P and R).
+Matching (option ``matching``). The reference ``correspondPixels`` (BSDS / SEISM) solves a min-cost perfect
+assignment (CSA) in which the links to "unmatched" outlier nodes form a sparse random graph; that graph can
+deny a maximum matching, so its counts are a few per 10,000 below a maximum matching's.
 
-Speed (all 101 thresholds of a 425x560 map in about 0.5-1 s of one core).
+* ``"bsds"`` (default): that assignment, its graph built rule for rule with seeded random links
+  (:mod:`~tiger.metrics.boundary_bsds`), solved at each threshold from the sweep's maximum matching below.
+* ``"maximum"``: an exact *maximum-cardinality* matching within the radius, the sweep's own (counts >= the
+  reference's; about 10x faster).
+
+Speed of the maximum matching (all 101 thresholds of a 425x560 map in about 0.4 s of one core).
 
 * Thresholded maps are nested: pass 1 grows the map from the highest threshold to the lowest and keeps
   its thinning up to date by replaying only what changes (:class:`~.boundary_ops.ThinningSweep`), which
@@ -23,8 +26,9 @@ Speed (all 101 thresholds of a 425x560 map in about 0.5-1 s of one core).
   initial matching is built that way, so as the threshold rises few matched pixels leave.
 * Searches that grow too long fall back to a max flow (scipy's Dinic, in C) on the residual network.
 
-Every count equals a brute-force reference (skimage thinning and a max flow per threshold): see
-``tests/metrics/test_boundary_matching.py``.
+Every maximum-matching count equals a brute-force reference (skimage thinning and a max flow per threshold):
+see ``tests/metrics/test_boundary_matching.py``; the ``"bsds"`` counts equal a transcription of ``match.cc``
+solved from scratch: ``tests/metrics/test_boundary_bsds.py``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from tiger.metrics.boundary_bsds import MULTIPLIER, check_matching, correspondence_count, outlier_weight
 from tiger.metrics.boundary_ops import ThinningSweep, edge_nms, quantize_probability, thin
 
 # 0.001, 0.01, 0.02, ..., 0.99, 0.999 (PROTOCOL.md section 4, item 3).
@@ -360,7 +365,15 @@ def _neighbour_csr(
     return indptr, (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64))
 
 
-def sweep_counts(edges: np.ndarray, gt: np.ndarray, radius: float, thresholds: np.ndarray) -> np.ndarray:
+def sweep_counts(
+    edges: np.ndarray,
+    gt: np.ndarray,
+    radius: float,
+    thresholds: np.ndarray,
+    *,
+    matching: str = "bsds",
+    seed: int = 0,
+) -> np.ndarray:
     """Counts of ``thin(edges > t)`` matched to ``gt`` within ``radius`` pixels, for every threshold.
 
     Args:
@@ -368,10 +381,15 @@ def sweep_counts(edges: np.ndarray, gt: np.ndarray, radius: float, thresholds: n
         gt: (H, W) bool thinned ground-truth boundary.
         radius: matching radius in pixels.
         thresholds: (T,) strictly increasing.
+        matching: ``"bsds"`` (the reference ``correspondPixels`` assignment, see
+            :mod:`~tiger.metrics.boundary_bsds`) or ``"maximum"`` (a maximum-cardinality matching).
+        seed: ``"bsds"`` only: threshold ``i`` draws its random outlier links from
+            ``numpy.random.default_rng([seed, i])``.
 
     Returns:
         (4, T) int64: rows :data:`MATCHED_PRED`, :data:`NUM_PRED`, :data:`MATCHED_GT`, :data:`NUM_GT`.
     """
+    check_matching(matching)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.ndim != 1 or thresholds.size == 0 or np.any(np.diff(thresholds) <= 0):
         raise ValueError(f"thresholds must be a non-empty strictly increasing 1-D array, got {thresholds}")
@@ -413,14 +431,59 @@ def sweep_counts(edges: np.ndarray, gt: np.ndarray, radius: float, thresholds: n
     near_on = np.searchsorted(near, batch_end, side="left")
     # Initial matching: nodes added from the highest threshold's down, so it prefers them.
     matcher.initialise(np.split(lowest, np.searchsorted(lowest, near_on[:0:-1])))
-    counts[MATCHED_PRED, 0] = counts[MATCHED_GT, 0] = matcher.size
-    for i in range(num_thresholds - 1):
-        matcher.limit = int(near_on[i + 1])
-        leaving, entering = node_of_pixel[entered_at[i]], node_of_pixel[left_at[i]]
-        matcher.add(entering[entering >= 0])  # first: pixels entering sit next to those leaving
-        matcher.remove(leaving[leaving >= 0])
-        counts[MATCHED_PRED, i + 1] = counts[MATCHED_GT, i + 1] = matcher.size
+    correspond = _BsdsCounter(matcher, ys[near], xs[near], gt, radius, seed) if matching == "bsds" else None
+    for i in range(num_thresholds):
+        if i > 0:
+            matcher.limit = int(near_on[i])
+            leaving, entering = node_of_pixel[entered_at[i - 1]], node_of_pixel[left_at[i - 1]]
+            matcher.add(entering[entering >= 0])  # first: pixels entering sit next to those leaving
+            matcher.remove(leaving[leaving >= 0])
+        matched = matcher.size if correspond is None else correspond.count(i)
+        counts[MATCHED_PRED, i] = counts[MATCHED_GT, i] = matched
     return counts
+
+
+class _BsdsCounter:
+    """The ``correspondPixels`` count at each threshold, from the sweep's current maximum matching.
+
+    The real links and their costs ``rint(100 * distance)`` are those of the matcher's CSR (every
+    prediction node is within the radius of a ground-truth pixel: the matchable ones).
+    """
+
+    def __init__(
+        self,
+        matcher: _IncrementalMatcher,
+        pred_ys: np.ndarray,
+        pred_xs: np.ndarray,
+        gt: np.ndarray,
+        radius: float,
+        seed: int,
+    ) -> None:
+        self.matcher, self.seed = matcher, seed
+        height = gt.shape[0]
+        gys, gxs = np.nonzero(gt)
+        self.pred_keys = pred_xs.astype(np.int64) * height + pred_ys
+        self.gt_keys = gxs.astype(np.int64) * height + gys
+        owner = matcher.entry_owner
+        d2 = (gys[matcher.indices] - pred_ys[owner]) ** 2 + (gxs[matcher.indices] - pred_xs[owner]) ** 2
+        self.entry_cost = np.rint(np.sqrt(d2) * MULTIPLIER).astype(np.int64)
+        self.outlier_cost = outlier_weight(radius)
+
+    def count(self, index: int) -> int:
+        """The count at threshold ``index`` (the matcher holds that threshold's maximum matching)."""
+        matcher = self.matcher
+        active = np.flatnonzero(matcher.active)
+        owner, position = _ragged_positions(matcher.indptr, active)
+        return correspondence_count(
+            self.pred_keys[active],
+            self.gt_keys,
+            owner,
+            matcher.indices[position],
+            self.entry_cost[position],
+            matcher.pred_mate[active],
+            np.random.default_rng([self.seed, index]),
+            self.outlier_cost,
+        )
 
 
 def image_boundary_counts(
@@ -430,6 +493,8 @@ def image_boundary_counts(
     thresholds: np.ndarray = SEISM_THRESHOLDS,
     *,
     apply_nms: bool = True,
+    matching: str = "bsds",
+    seed: int = 0,
 ) -> np.ndarray:
     """The SEISM counts of one un-padded image at every threshold.
 
@@ -439,6 +504,10 @@ def image_boundary_counts(
         gt: (H, W) ground-truth boundary map (bool or {0, 1}); thinned here.
         max_dist: matching tolerance as a fraction of the image diagonal (NYUD 0.011, PASCAL 0.0075).
         thresholds: (T,) strictly increasing; the protocol's 101 by default.
+        matching: ``"bsds"`` (default: the assignment of the reference ``correspondPixels``, see
+            :mod:`~tiger.metrics.boundary_bsds`) or ``"maximum"`` (a maximum-cardinality matching).
+        seed: ``"bsds"`` only: the seed of the random outlier links (threshold ``i`` uses
+            ``numpy.random.default_rng([seed, i])``).
 
     Returns:
         (4, T) int64 counts, rows :data:`MATCHED_PRED`, :data:`NUM_PRED`, :data:`MATCHED_GT`,
@@ -453,8 +522,16 @@ def image_boundary_counts(
         raise ValueError(f"boundary ground truth must be binary {{0, 1}}, got values {np.unique(gt)[:10]}")
     if max_dist <= 0:
         raise ValueError(f"max_dist must be > 0 (a fraction of the image diagonal), got {max_dist}")
+    check_matching(matching)
     edges = quantize_probability(prob)
     if apply_nms:
         edges = edge_nms(edges)
     radius = max_dist * float(np.hypot(*prob.shape))
-    return sweep_counts(edges, thin(gt.astype(bool)), radius, np.asarray(thresholds, dtype=np.float64))
+    return sweep_counts(
+        edges,
+        thin(gt.astype(bool)),
+        radius,
+        np.asarray(thresholds, dtype=np.float64),
+        matching=matching,
+        seed=seed,
+    )

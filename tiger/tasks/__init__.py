@@ -358,9 +358,13 @@ class Boundary(_Probability):
 
     Attributes:
         workers: processes that match the boundaries of a batch's images (the SEISM protocol is costly).
+        matching: ``"bsds"`` (default) the reference matcher's assignment, ``"maximum"`` an exact
+            maximum-cardinality matching, about 8x faster and a few hundredths of a point higher
+            (:mod:`tiger.metrics.boundary`).
     """
 
     workers: int = 1
+    matching: str = "bsds"
 
     main_metric: ClassVar[str] = "odsF"
     higher_is_better: ClassVar[bool] = True
@@ -386,7 +390,7 @@ class Boundary(_Probability):
     def metric(self, dataset):
         from tiger.metrics.boundary import BOUNDARY_MAX_DIST, BoundaryF
 
-        return BoundaryF(BOUNDARY_MAX_DIST[dataset], workers=self.workers)
+        return BoundaryF(BOUNDARY_MAX_DIST[dataset], workers=self.workers, matching=self.matching)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,9 @@ class TigerModule(L.LightningModule):
             values = metric.compute()
             metric.reset()
             # float64: the results table and results.json keep the metric's own precision
-            logged = {f"val/{name}/{key}": torch.as_tensor(v, dtype=torch.float64) for key, v in values.items()}
+            logged = {
+                f"val/{name}/{key}": torch.as_tensor(v, dtype=torch.float64) for key, v in values.items()
+            }
             self.log_dict(logged)
 
     def configure_optimizers(self) -> dict[str, Any]:
