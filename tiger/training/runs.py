@@ -266,9 +266,18 @@ def claim_run_folder(
         ) from None
     _OWN_CLAIMS[folder] = record
     if continues is not None:
+        set_aside_logs(folder, continues.get("slurm_attempt"))
         log.info("SLURM job %s attempt %s continues the run in %s", record["slurm_job"],
                  record["slurm_attempt"], folder)  # fmt: skip
     return Claim(folder, record, continues)
+
+
+def set_aside_logs(folder: Path, attempt: Any) -> None:
+    """Keep an earlier attempt's CSV log, which Lightning's CSV logger would delete when the run continues
+    in its folder: ``csv/metrics.csv`` -> ``csv/metrics.attempt-<attempt>.csv``."""
+    log_file = folder / "csv" / "metrics.csv"
+    if log_file.is_file():
+        os.replace(log_file, log_file.with_name(f"metrics.attempt-{attempt}.csv"))
 
 
 def continued_checkpoint(folder: str | os.PathLike) -> str | None:
