@@ -142,11 +142,16 @@ def test_a_run_folder_inside_another_run_is_refused(tmp_path):
         with pytest.raises(RunFolderExistsError, match=expected + r"checkpoints\)"):
             claim_run_folder(inner, "hydra.run.dir")
     assert not (run / "checkpoints" / "deeper").exists()
-    # a run of before claims (.hydra/, config.yaml, checkpoints/) counts too; a plain folder does not
-    old = tmp_path / "old"
-    (old / "checkpoints").mkdir(parents=True)
-    (old / "config.yaml").write_text("seed: 1\n")
-    assert enclosing_run(old / "checkpoints" / "x") == old and enclosing_run(tmp_path / "plain" / "x") is None
+    # a run of before claims (.hydra/ and checkpoints/) counts too; a project folder with a config.yaml and
+    # a checkpoints/ folder does not
+    old, project = tmp_path / "old", tmp_path / "project"
+    for folder in (old, project):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "config.yaml").write_text("seed: 1\n")
+    (old / ".hydra").mkdir()
+    assert (
+        enclosing_run(old / "checkpoints" / "x") == old and enclosing_run(project / "outputs" / "x") is None
+    )
     guard = RunFolderGuard()
     config = OmegaConf.create(
         {"hydra": {"run": {"dir": str(old / "checkpoints")}, "sweep": {"dir": str(run / "s")}}}

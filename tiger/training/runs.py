@@ -173,15 +173,15 @@ def _describe(record: Mapping[str, Any]) -> str:
 
 
 def enclosing_run(folder: str | os.PathLike) -> Path | None:
-    """The nearest folder above ``folder`` that holds a run (a run claim, or ``checkpoints/`` beside
-    ``.hydra/``, ``config.yaml`` or ``results.json``), or None. Sweep folders are not runs."""
+    """The nearest folder above ``folder`` that holds a run (a run claim, or, for runs from before claims,
+    ``checkpoints/`` beside Hydra's ``.hydra/``), or None. Sweep folders are not runs, nor is a project
+    folder that merely has a ``config.yaml`` or ``checkpoints/``."""
     for parent in Path(os.path.abspath(folder)).parents:
         claim = read_claim(parent)
         if claim is not None and claim.get("kind") != "sweep":
             return parent
-        legacy = (".hydra", "config.yaml", "results.json")  # a run from before claims
-        if claim is None and (parent / "checkpoints").is_dir() and any((parent / n).exists() for n in legacy):
-            return parent
+        if claim is None and (parent / "checkpoints").is_dir() and (parent / ".hydra").is_dir():
+            return parent  # a run from before claims
     return None
 
 
