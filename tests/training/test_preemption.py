@@ -186,6 +186,7 @@ def test_the_resume_command_quotes_and_replaces_ckpt_path(tmp_path):
         "model.net.instructions.texts.depth=How far is it?",
         "ckpt_path=/x",
     ]
+    assert shlex.split(resume_command(None, overrides)) == ["python", "-m", "tiger.train", *overrides]
     command = resume_command(tmp_path / "run", overrides)
     assert shlex.split(command) == [
         "python", "-m", "tiger.train", "experiment=nyud_tiger_l",

@@ -73,14 +73,16 @@ def signal_number(name: str | int) -> signal.Signals:
         raise ValueError(f"callbacks.preemption.signals: unknown signal {name!r}") from None
 
 
-def resume_command(run_dir: str | os.PathLike, overrides: Sequence[str] | None = None) -> str:
+def resume_command(run_dir: str | os.PathLike | None, overrides: Sequence[str] | None = None) -> str:
     """``python -m tiger.train <overrides> ckpt_path=<run_dir>``: the overrides of this run (Hydra's, as
-    typed; a multirun job's include its sweep values), without any earlier ``ckpt_path``."""
+    typed; a multirun job's include its sweep values), without any earlier ``ckpt_path``. With
+    ``run_dir=None``: this run's own command, as typed."""
     if overrides is None:
         overrides = _task_overrides()
-    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
-    words = ["python", "-m", "tiger.train", *kept, f"ckpt_path={Path(run_dir).absolute()}"]
-    return " ".join(shlex.quote(word) for word in words)
+    if run_dir is not None:
+        overrides = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+        overrides.append(f"ckpt_path={Path(run_dir).absolute()}")
+    return " ".join(shlex.quote(word) for word in ["python", "-m", "tiger.train", *overrides])
 
 
 def _task_overrides() -> list[str]:
@@ -206,15 +208,10 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, ckpt_pat
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        run_dir = next((c.run_dir for c in trainer.callbacks if isinstance(c, Preemption)), None)
         message = (
             f"Stopped by SIGTERM before the first training step (step {trainer.global_step}); nothing new "
-            "was saved."
+            f"was saved.\nStart it again with: {resume_command(None)}"
         )
-        if run_dir is not None:
-            message += f"\nStart again with: {resume_command(run_dir)}".replace(
-                f" ckpt_path={Path(run_dir).absolute()}", f" ckpt_path={ckpt_path}" if ckpt_path else ""
-            )
         if trainer.is_global_zero:
             print(f"\n{message}", file=sys.stderr, flush=True)
         raise Preempted(signal.SIGTERM, message) from None
