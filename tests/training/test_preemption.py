@@ -192,3 +192,24 @@ def test_the_resume_command_quotes_and_replaces_ckpt_path(tmp_path):
         "python", "-m", "tiger.train", "experiment=nyud_tiger_l",
         "model.net.instructions.texts.depth=How far is it?", f"ckpt_path={tmp_path / 'run'}",
     ]  # fmt: skip
+
+
+def test_a_sigterm_before_the_first_step_exits_non_zero_with_the_command(
+    tmp_path, monkeypatch, compose_train
+):
+    class EarlySignal(L.Callback):
+        def on_sanity_check_start(self, trainer, pl_module) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler is the one registered here
+
+    def setup(self, trainer, pl_module, stage):
+        trainer.callbacks.append(EarlySignal())
+
+    monkeypatch.setattr(Preemption, "setup", setup, raising=False)
+    with pytest.raises(Preempted) as stopped:  # Lightning alone would exit 0
+        train(compose_train(*RESUME, output_dir=tmp_path / "run"))
+    assert stopped.value.code == 143
+    assert "Stopped by SIGTERM before the first training step (step 0); nothing new was saved." in str(
+        stopped.value
+    )
+    assert "Start it again with: python -m tiger.train trainer.max_steps=6" in str(stopped.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -142,6 +142,8 @@ class Preemption(Callback):
         for signum in {*map(int, self.signals), *([requeue] if requeue else [])}:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
+        if trainer.received_sigterm:  # Lightning's handler got one during the sanity validation
+            raise stopped_before_training(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
@@ -208,10 +210,15 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: Any, ckpt_pat
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        message = (
-            f"Stopped by SIGTERM before the first training step (step {trainer.global_step}); nothing new "
-            f"was saved.\nStart it again with: {resume_command(None)}"
-        )
-        if trainer.is_global_zero:
-            print(f"\n{message}", file=sys.stderr, flush=True)
-        raise Preempted(signal.SIGTERM, message) from None
+        raise stopped_before_training(trainer) from None
+
+
+def stopped_before_training(trainer: L.Trainer) -> Preempted:
+    """A SIGTERM before the first training step of this fit: nothing new to save; say how to start again."""
+    message = (
+        f"Stopped by SIGTERM before the first training step (step {trainer.global_step}); nothing new was "
+        f"saved.\nStart it again with: {resume_command(None)}"
+    )
+    if trainer.is_global_zero:
+        print(f"\n{message}", file=sys.stderr, flush=True)
+    return Preempted(signal.SIGTERM, message)
