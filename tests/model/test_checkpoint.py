@@ -184,7 +184,11 @@ def test_a_malicious_pickle_names_the_blocked_global_and_runs_nothing(tmp_path):
     legacy = tmp_path / "legacy.ckpt"
     legacy.write_bytes(pickle.dumps({"state_dict": Malicious(marker)}, protocol=2))
     blocked = f"holds the pickled Python global {os.system.__module__}.system"
-    for path, expected in ((as_torch, blocked), (legacy, blocked), (raw, "is not a torch checkpoint")):
+    for path, expected in (
+        (as_torch, blocked),
+        (legacy, blocked),
+        (raw, "cannot be read: it is not a torch checkpoint"),
+    ):
         with pytest.raises(CheckpointError) as error:
             read_checkpoint(path)
         message = str(error.value)
@@ -212,7 +216,8 @@ def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(t
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is no checkpoint" * 10)
     with pytest.raises(
-        CheckpointError, match=r"not a TIGER checkpoint: .*garbage.ckpt is not a torch checkpoint"
+        CheckpointError,
+        match=r"not a TIGER checkpoint: .*garbage.ckpt cannot be read: it is not a torch checkpoint",
     ):
         resume_checkpoint(str(garbage))
 

@@ -182,7 +182,8 @@ def describe_load_failure(path: str | Path, error: BaseException, limit: int = 3
 
     - a blocked global (a pickle that would call ``posix.system``, a pickled class): ``holds the pickled
       Python global posix.system, which ...`` (nothing from the file ran);
-    - a file that ``torch.save`` did not write (a plain pickle, random bytes): ``is not a torch checkpoint``;
+    - a file that ``torch.save`` did not write (a plain pickle, random bytes): ``cannot be read: it is not a
+      torch checkpoint``;
     - otherwise (truncated, corrupt): ``cannot be read (truncated or corrupt?): <torch's reason>``.
     """
     text = str(error)
@@ -194,7 +195,10 @@ def describe_load_failure(path: str | Path, error: BaseException, limit: int = 3
             "torch.load(weights_only=True), which blocks it, so nothing from the file ran"
         )
     if not _is_torch_file(Path(path)):
-        return "is not a torch checkpoint (torch.save writes a zip archive; this file is not one)"
+        return (
+            "cannot be read: it is not a torch checkpoint (torch.save writes a zip archive, and this file is "
+            "not one)"
+        )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     reasons = [line for line in lines if not any(marker in line for marker in BOILERPLATE)]
     reason = reasons[0] if reasons else ""
