@@ -275,3 +275,12 @@ def test_a_requeued_slurm_multirun_continues_its_sweep(tmp_path, monkeypatch):
     RunFolderGuard().on_multirun_start(config)  # its job folders hold this job's runs: continued
     assert claim_run_folder(sweep / "0", "hydra.run.dir").continues is not None
     assert continued_checkpoint(sweep / "0") == str(sweep / "0" / "checkpoints" / "last.ckpt")
+
+
+def test_the_guards_claim_is_for_one_run_of_this_process(tmp_path):
+    folder = tmp_path / "run"
+    RunFolderGuard().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(folder)}}}))
+    assert read_claim(folder)["pid"] == os.getpid()
+    claim_run_folder(folder, "hydra.run.dir", ignore=(".hydra",))  # the run Hydra starts takes it over
+    with pytest.raises(RunFolderExistsError, match=r"already holds a run \(\.tiger-run\.json\)"):
+        claim_run_folder(folder, "hydra.run.dir", ignore=(".hydra",))  # a second run in this process

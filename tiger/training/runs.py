@@ -113,7 +113,8 @@ OmegaConf.register_new_resolver("tiger_run_name", run_name, replace=True)
 # --- claims -------------------------------------------------------------------------------------------
 
 _OWN_CLAIMS: dict[Path, dict[str, Any]] = {}
-"""The claims this process made: {folder: claim}."""
+"""The claims :class:`RunFolderGuard` made for the run this process is about to start: {folder: claim};
+the run's own :func:`claim_run_folder` takes its claim from here, once (a second run there is refused)."""
 
 
 @dataclass(frozen=True)
@@ -219,11 +220,16 @@ def refuse_existing_run(folder: str | os.PathLike, key: str, ignore: tuple[str, 
 
 
 def claim_run_folder(
-    folder: str | os.PathLike, key: str, kind: str = "run", ignore: tuple[str, ...] = ()
+    folder: str | os.PathLike,
+    key: str,
+    kind: str = "run",
+    ignore: tuple[str, ...] = (),
+    reserve: bool = False,
 ) -> Claim | None:
     """Claim ``folder`` for a run (``kind="run"``) or a sweep (``"sweep"``), atomically.
 
-    A folder this process claimed already is returned as it is. A folder claimed by an earlier attempt of
+    ``reserve``: the claim is for a run this process starts next (Hydra's callback claims before Hydra writes;
+    the run's own claim of the folder then takes it over, once). A folder claimed by an earlier attempt of
     this process's SLURM job is taken over (the requeued job continues the run, :attr:`Claim.continues`).
     Otherwise the folder must not hold or lie inside a run (:func:`refuse_existing_run`, ``ignore``: entries
     that do not count, e.g. the ``.hydra/`` Hydra wrote for a multirun job), and the claim file is created
@@ -238,7 +244,7 @@ def claim_run_folder(
         return None
     folder = Path(os.path.abspath(folder))
     if folder in _OWN_CLAIMS:
-        return Claim(folder, _OWN_CLAIMS[folder])
+        return Claim(folder, _OWN_CLAIMS.pop(folder))
     previous = read_claim(folder)
     continues = previous if _earlier_attempt(previous) else None
     if continues is None:
@@ -264,7 +270,8 @@ def claim_run_folder(
         raise RunFolderNotWritableError(
             f"{key}={folder} is not writable ({error.strerror or error}); choose a folder you can write to"
         ) from None
-    _OWN_CLAIMS[folder] = record
+    if reserve:
+        _OWN_CLAIMS[folder] = record
     if continues is not None:
         set_aside_logs(folder, continues.get("slurm_attempt"))
         log.info("SLURM job %s attempt %s continues the run in %s", record["slurm_job"],
@@ -302,7 +309,8 @@ class RunFolderGuard(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _exit_on_refusal(lambda: claim_run_folder(_select(config, "hydra.run.dir"), "hydra.run.dir"))
+        run_dir = _select(config, "hydra.run.dir")
+        _exit_on_refusal(lambda: claim_run_folder(run_dir, "hydra.run.dir", reserve=True))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(_select(config, "hydra.sweep.dir"))
