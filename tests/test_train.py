@@ -203,9 +203,13 @@ def test_checkpoint_from_another_configuration_is_refused(trained_run, tmp_path,
         check_compatible(checkpoint, identity)
     with pytest.raises(ValueError, match="not a TIGER checkpoint"):
         check_compatible({"state_dict": {}}, identity)
-    # through train(): resume the 6-task run with two tasks
+    # through train(): resume the 6-task run (at its last step, 4) with two tasks, to train further
     cfg = compose_train(
-        *FAST, f"ckpt_path={trained_run}", "data.tasks=[semseg,depth]", output_dir=tmp_path / "other"
+        *FAST,
+        "trainer.max_steps=8",
+        f"ckpt_path={trained_run}",
+        "data.tasks=[semseg,depth]",
+        output_dir=tmp_path / "other",
     )
     with pytest.raises(CheckpointError, match="tasks: checkpoint"):
         train(cfg)

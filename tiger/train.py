@@ -20,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from tiger.analysis.callbacks import RoutingMonitor
 from tiger.analysis.report import split_metrics, write_report
-from tiger.model.checkpoint import check_resumable
 from tiger.options import OptionError
 from tiger.training.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint
 from tiger.training.console import quiet_intended_messages
-from tiger.training.runs import refuse_existing_run, resolve_checkpoint
+from tiger.training.preemption import fit
+from tiger.training.preflight import check_trained, resume_checkpoint, start_run
+
+__all__ = ["checkpoint_results", "instantiate_option", "main", "resume_checkpoint", "train", "user_key"]
 
 
 def _callback(trainer: L.Trainer, kind: type) -> Any:
@@ -68,16 +70,6 @@ def instantiate_option(cfg: DictConfig, key: str) -> Any:
         raise
 
 
-def resume_checkpoint(path: str | None) -> str | None:
-    """The checkpoint ``ckpt_path=`` names (a file, or the newest complete one of a run folder, see
-    :func:`tiger.training.runs.resolve_checkpoint`), checked to be a TIGER checkpoint before Lightning reads
-    it."""
-    resolved = resolve_checkpoint(path)
-    if resolved is not None:
-        check_resumable(resolved)
-    return resolved
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate the best checkpoint, write results.json and the routing report; return the results.
 
@@ -87,10 +79,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_intended_messages()
     set_threads(cfg.get("torch_threads"))
     output_dir = Path(cfg.paths.output_dir)
-    # Hydra's RunFolderGuard refused an earlier run's folder before Hydra wrote .hydra/ and the log
-    refuse_existing_run(output_dir, "hydra.run.dir", ignore=(".hydra",))
+    # the folder claimed (or a requeued SLURM job's own run continued), checked before anything is built
+    ckpt_path = start_run(output_dir, cfg.trainer, cfg.get("ckpt_path"))
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"))
 
     datamodule = instantiate_option(cfg, "data.datamodule")
     datamodule.setup("fit")  # fail at once on missing data, before building the experts
@@ -103,7 +94,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit(trainer, module, datamodule, ckpt_path)  # a stop signal: last.ckpt, the resume command, exit 128+n
+    check_trained(trainer)
     results = checkpoint_results(trainer, output_dir)
     if cfg.get("final_report", True):
         (logged,) = trainer.validate(  # not verbose: the report below prints the results table

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -149,16 +151,59 @@ class Pickled:
     """A class the weights-only unpickler refuses."""
 
 
+class Malicious:
+    """A pickle that runs a shell command when it is loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def test_a_blocked_global_gives_the_reason_never_the_advice_to_load_unsafely(tmp_path):
     path = tmp_path / "pickled.ckpt"
     torch.save({"tiger": {"format": 1}, "model": Pickled()}, path)
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(path)
     message = str(error.value)
-    assert f"{path} holds a pickled Python object of class {__name__}.Pickled" in message
+    assert f"{path} holds the pickled Python global {__name__}.Pickled" in message
     assert "weights_only=False" not in message and "will likely succeed" not in message
-    with pytest.raises(CheckpointError, match="holds a pickled Python object"):
+    with pytest.raises(CheckpointError, match="holds the pickled Python global"):
         resume_checkpoint(str(path))
+
+
+def test_a_malicious_pickle_names_the_blocked_global_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    as_torch = run / "checkpoints" / "last.ckpt"
+    torch.save({"tiger": {"format": 1}, "state_dict": Malicious(marker)}, as_torch)
+    raw = tmp_path / "raw.ckpt"
+    raw.write_bytes(pickle.dumps({"state_dict": Malicious(marker)}))  # a plain pickle (protocol 4+)
+    legacy = tmp_path / "legacy.ckpt"
+    legacy.write_bytes(pickle.dumps({"state_dict": Malicious(marker)}, protocol=2))
+    blocked = f"holds the pickled Python global {os.system.__module__}.system"
+    for path, expected in (
+        (as_torch, blocked),
+        (legacy, blocked),
+        (raw, "cannot be read: it is not a torch checkpoint"),
+    ):
+        with pytest.raises(CheckpointError) as error:
+            read_checkpoint(path)
+        message = str(error.value)
+        assert message.startswith(f"not a TIGER checkpoint: {path} {expected}"), message
+        for advice in ("weights_only=False", "weights_only` set to `False", "will likely succeed", "operand"):
+            assert advice not in message
+    # resuming its run folder: the file is skipped with the same reason, and nothing is resumed
+    skipped = rf"skipping checkpoint {as_torch}: it {blocked}"
+    with (
+        pytest.warns(UserWarning, match=skipped) as caught,
+        pytest.raises(FileNotFoundError, match="none of its checkpoints can be read"),
+    ):
+        resume_checkpoint(str(run))
+    assert not any("likely succeed" in str(w.message) for w in caught)
+    assert not marker.exists()  # nothing from the files ran
 
 
 def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(tmp_path):
@@ -170,7 +215,10 @@ def test_a_foreign_lightning_dict_is_refused_clearly_before_lightning_reads_it(t
         resume_checkpoint(str(foreign))
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is no checkpoint" * 10)
-    with pytest.raises(CheckpointError, match=r"not a TIGER checkpoint: .*garbage.ckpt cannot be read"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"not a TIGER checkpoint: .*garbage.ckpt cannot be read: it is not a torch checkpoint",
+    ):
         resume_checkpoint(str(garbage))
 
 

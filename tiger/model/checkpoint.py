@@ -15,6 +15,7 @@ The Sentence-BERT instruction embeddings are a buffer of the state dict
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such file (a folder: says so and lists the checkpoints in it).
         CheckpointError: ``not a TIGER checkpoint: <path> ...`` when it cannot be read (the reason, e.g. the
-            class of a pickled object that ``weights_only`` refuses), has no ``tiger`` section (e.g. a plain
+            pickled global that ``weights_only`` blocks, or that it is no torch file:
+            :func:`describe_load_failure`), has no ``tiger`` section (e.g. a plain
             or foreign Lightning dict) or state dict, or has an unknown format.
     """
     path = Path(path)
@@ -90,9 +92,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ... on foreign files
-        raise CheckpointError(f"not a TIGER checkpoint: {path} {_load_failure(error)}") from None
+        raise CheckpointError(
+            f"not a TIGER checkpoint: {path} {describe_load_failure(path, error)}"
+        ) from None
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get(SECTION), Mapping):
         keys = (
             sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
@@ -143,6 +149,20 @@ def _is_zip(path: Path) -> bool:
         return file.read(4) == b"PK\x03\x04"
 
 
+LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+"""The pickled magic number that opens a file of torch's legacy (non-zip) format."""
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A file that ``torch.save`` could have written: its zip archive, or its legacy format."""
+    try:
+        with Path(path).open("rb") as file:
+            head = file.read(32)
+    except OSError:
+        return True  # let torch.load report it
+    return head.startswith(b"PK\x03\x04") or LEGACY_MAGIC in head
+
+
 def _listing(folder: Path) -> str:
     found = sorted(folder.rglob("*.ckpt"))
     if not found:
@@ -152,25 +172,43 @@ def _listing(folder: Path) -> str:
     return f"it holds {len(found)} checkpoint(s): {shown}{more}; name one of them"
 
 
-def _load_failure(error: BaseException, limit: int = 300) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to load unsafely."""
+BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "weights_only")
+"""Lines of torch's ``weights_only`` errors that are advice, not the reason (one says to load unsafely)."""
+
+
+def describe_load_failure(path: str | Path, error: BaseException, limit: int = 300) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, to follow the file's name; never torch's advice to
+    load with ``weights_only=False``.
+
+    - a blocked global (a pickle that would call ``posix.system``, a pickled class): ``holds the pickled
+      Python global posix.system, which ...`` (nothing from the file ran);
+    - a file that ``torch.save`` did not write (a plain pickle, random bytes): ``cannot be read: it is not a
+      torch checkpoint``;
+    - otherwise (truncated, corrupt): ``cannot be read (truncated or corrupt?): <torch's reason>``.
+    """
     text = str(error)
-    blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    blocked = re.search(r"GLOBAL ([\w.]+)", text)
     if blocked:
         return (
-            f"holds a pickled Python object of class {blocked.group(1)}, which a TIGER checkpoint never "
-            "contains (it holds only tensors and plain containers); tiger reads checkpoints with "
-            "torch.load(weights_only=True), which refuses to run code from a file"
+            f"holds the pickled Python global {blocked.group(1)}, which a TIGER checkpoint never contains "
+            "(it holds only tensors and plain containers); tiger reads checkpoints with "
+            "torch.load(weights_only=True), which blocks it, so nothing from the file ran"
         )
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, flags=re.DOTALL)
-    reason = (match.group(1) if match else text).strip().splitlines()
-    line = reason[0] if reason else ""
-    line = line if len(line) <= limit else line[:limit] + "..."
+    if not _is_torch_file(Path(path)):
+        return (
+            "cannot be read: it is not a torch checkpoint (torch.save writes a zip archive, and this file is "
+            "not one)"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reasons = [line for line in lines if not any(marker in line for marker in BOILERPLATE)]
+    reason = reasons[0] if reasons else ""
+    reason = reason.removeprefix("WeightsUnpickler error:").strip()
+    reason = reason if len(reason) <= limit else reason[:limit] + "..."
     name = type(error).__name__
     return (
-        f"cannot be read by torch.load(weights_only=True) ({name}: {line})"
-        if line
-        else (f"cannot be read by torch.load(weights_only=True) ({name})")
+        f"cannot be read (truncated or corrupt?): {name}: {reason}"
+        if reason
+        else (f"cannot be read (truncated or corrupt?): {name}")
     )
 
 
