@@ -362,6 +362,14 @@ def test_two_process_ddp_on_cpu_gives_the_single_process_metrics(tmp_path, compo
             assert results["metrics"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, name)
 
 
+def test_a_callback_or_logger_set_to_null_is_switched_off(compose_train):
+    from tiger.train import configured
+
+    assert "best_checkpoint" in configured(compose_train(), "callbacks")
+    assert "best_checkpoint" not in configured(compose_train("callbacks.best_checkpoint=null"), "callbacks")
+    assert configured(compose_train("logger.csv=null"), "logger") == []
+
+
 def test_an_experiment_sets_its_own_task_name_and_seed(compose_train):
     # train.yaml's own keys come first in its defaults, so an experiment overrides them (outputs/<task_name>)
     cfg = compose_train("experiment=study_temperature")

@@ -86,8 +86,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate_option(cfg, "data.datamodule")
     datamodule.setup("fit")  # fail at once on missing data, before building the experts
     module = instantiate_option(cfg, "model")
-    callbacks = [instantiate_option(cfg, f"callbacks.{name}") for name in cfg.get("callbacks") or {}]
-    loggers = [instantiate_option(cfg, f"logger.{name}") for name in cfg.get("logger") or {}]
+    callbacks = [instantiate_option(cfg, f"callbacks.{name}") for name in configured(cfg, "callbacks")]
+    loggers = [instantiate_option(cfg, f"logger.{name}") for name in configured(cfg, "logger")]
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )
@@ -120,6 +120,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
         print(f"\nCheckpoint: {results['checkpoint']}\nResults: {output_dir / 'results.json'}")
     return results
+
+
+def configured(cfg: DictConfig, group: str) -> list[str]:
+    """The entries of a group of callbacks or loggers that are set (``callbacks.best_checkpoint: null``
+    switches one off)."""
+    return [name for name, node in (cfg.get(group) or {}).items() if node is not None]
 
 
 def checkpoint_results(trainer: L.Trainer, output_dir: Path) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from tiger.study.report import routing
 
 def test_routing_and_shapley_credit_find_the_specialists(study_multirun: Path) -> None:
     results = json.loads((study_multirun / "1" / "results.json").read_text())
+    # a fixed budget: the study scores every configuration at its last step, never a "best" checkpoint
+    assert results["checkpoint"].endswith("last.ckpt") and "monitor" not in results
     usage = results["routing"]["usage"]
     assert set(usage["edge"]) == {"study_geometry", "study_boundary", "study_noise", "study_loud"}
     edge, depth = usage["edge"], usage["depth"]
