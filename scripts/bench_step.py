@@ -41,7 +41,7 @@ def net_config(name: str, grid: list[int]) -> TigerConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=OVERRIDES[name])
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
-    net.pop("_target_")
+    net = {key: value for key, value in net.items() if key not in ("_target_", "_recursive_")}
     if name != "tiny":
         net["experts"] = {role: {**spec, "weights": None} for role, spec in net["experts"].items()}
     net["grid"] = grid
