@@ -107,6 +107,7 @@ def test_removing_every_expert_routes_nothing_or_the_mean_tokens(model):
     with torch.no_grad():
         output = model(torch.rand(2, 3, *SIZE))
     everything = torch.ones(1, 3)
+    output.fused = output.fused + 1e-7  # the round-off a fused sum can carry, which removing all leaves
     for removal in ("subtract", "renormalize"):  # renormalize must not divide float noise by eps
         assert torch.equal(
             remove_experts(output, everything, removal)[:, :, 0], torch.zeros_like(output.fused)
